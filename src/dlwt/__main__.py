@@ -1,0 +1,5 @@
+import sys
+
+from dlwt.cli import main
+
+sys.exit(main())

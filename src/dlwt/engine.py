@@ -1,0 +1,87 @@
+"""One epoch of training and one pass of evaluation, as plain functions that return dicts (DeiT-style).
+
+Used by the demo and by the train/evaluate stages; knows nothing about files, params or the CLI.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import dlwt
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or inf; the caller keeps its last good checkpoint."""
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """SGD groups: weight decay on conv/linear weights (and kp's B, which must match W's), none on
+    BatchNorm and biases."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def accuracy_counts(logits: torch.Tensor, targets: torch.Tensor, ks=(1, 5)) -> list[int]:
+    """How many of the batch have the target among the top-k logits, for each k (k capped at classes)."""
+    top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices
+    hit = top.eq(targets[:, None])
+    return [int(hit[:, :k].any(1).sum()) for k in ks]
+
+
+def train_one_epoch(model, loader, optimizer, device, *, epoch=0, scheduler=None, mirror=None,
+                    amp_dtype=None, label_smoothing=0.0, progress=None) -> dict:
+    """Train over `loader` once. `mirror`: kwargs for dlwt.mirror_step after every step (wm), or None.
+    `scheduler` steps once per batch. Raises NonFiniteLoss naming epoch and batch on a NaN/inf loss."""
+    model.train()
+    loss_sum, correct, seen, start = 0.0, 0, 0, time.perf_counter()
+    for i, (images, targets) in enumerate(loader):
+        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            logits = model(images)
+            loss = F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            raise NonFiniteLoss(f"loss is {loss_value} at epoch {epoch}, batch {i}: lower the learning "
+                                "rate (train.lr) or check the input data")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        if mirror is not None:
+            dlwt.mirror_step(model, **mirror)
+        n = targets.shape[0]
+        loss_sum += loss_value * n
+        correct += accuracy_counts(logits.detach(), targets, ks=(1,))[0]
+        seen += n
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss_sum / seen:.3f}", refresh=False)
+    seconds = time.perf_counter() - start
+    return {"train_loss": loss_sum / max(seen, 1), "train_top1": correct / max(seen, 1),
+            "images_per_s": seen / seconds, "train_seconds": seconds}
+
+
+@torch.no_grad()
+def evaluate(model, loader, device, *, amp_dtype=None) -> dict:
+    """Loss, top-1 and top-5 error over the whole of `loader` in eval mode."""
+    model.eval()
+    loss_sum, top1, top5, seen, start = 0.0, 0, 0, 0, time.perf_counter()
+    for images, targets in loader:
+        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            logits = model(images)
+        loss_sum += float(F.cross_entropy(logits.float(), targets, reduction="sum"))
+        c1, c5 = accuracy_counts(logits, targets)
+        top1, top5, seen = top1 + c1, top5 + c5, seen + targets.shape[0]
+    seconds = time.perf_counter() - start
+    return {"val_loss": loss_sum / max(seen, 1), "val_top1_err": 1 - top1 / max(seen, 1),
+            "val_top5_err": 1 - top5 / max(seen, 1), "val_images": seen, "val_seconds": seconds}

@@ -1,0 +1,384 @@
+"""The five learning rules of Akrout et al. (2019) for any PyTorch model.
+
+    model = torchvision.models.resnet18()
+    convert(model, "kp")                 # every nn.Conv2d / nn.Linear becomes a Feedback layer
+    mirror_step(model, steps=100)        # wm only: align B with W from noise, no data
+    alignment(model)                     # {layer: {"angle_deg", "norm_ratio"}}
+
+Each Feedback layer keeps the ordinary forward pass. Its backward sends the error to the layer's input
+through a feedback matrix B of W's shape instead of W, while W's own gradient stays the ordinary one:
+
+    rule  B                                    how B changes
+    bp    W (plain torch layers, no custom code)
+    fa    random, drawn like W                 never
+    ss    sign(W) * scale (W's init std)       follows W's signs (computed in backward, never stored)
+    wm    random at start                      mirror_step(): B <- (1 - wd) B + lr * E[y x^T] on noise x, y = W x
+    kp    random at start, an nn.Parameter     gets exactly W's gradient, weight decay and optimiser step
+
+The backward of a Feedback conv is one call of aten.convolution_backward with B in the weight slot: it
+returns the input gradient (through B) and the weight gradient (which never reads the weight) together,
+so it costs what backprop's backward costs. Under autocast the forward casts like nn.Conv2d/nn.Linear
+would, and the backward casts B to the incoming gradient's dtype (bf16 stays bf16).
+
+torch.compile traces the layers whole (the autograd Functions are traceable; no graph break in forward or
+backward). mirror_step, alignment and gradient_alignment are plain eager code: call them outside the
+compiled module. DDP: convert before wrapping. kp's B is a Parameter, so DDP all-reduces its gradient with
+W's; fa/wm's B is a buffer that DDP broadcasts from rank 0 (broadcast_buffers=True, the default), and
+mirror_step takes a `generator` so ranks seeded alike draw the same noise.
+"""
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+RULES = ("bp", "fa", "ss", "wm", "kp")
+# B of these rules is a tensor of W's shape saved in the state dict as "<layer>.feedback"
+STORED_FEEDBACK = ("fa", "wm", "kp")
+
+
+def _autocast(x, weight, bias):
+    """Cast like autocast would cast nn.Conv2d/nn.Linear's inputs (autograd.Function skips it)."""
+    device_type = x.device.type
+    if not torch.is_autocast_enabled(device_type):
+        return x, weight, bias
+    dtype = torch.get_autocast_dtype(device_type)
+    return x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)
+
+
+def _feedback_matrix(saved, sign_scale, dtype):
+    """B from what forward saved: B itself, or W for sign symmetry (B = sign(W) * scale)."""
+    if sign_scale is not None:
+        return torch.sign(saved).mul_(sign_scale).to(dtype)
+    return saved.to(dtype)
+
+
+class _FeedbackLinearFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, feedback, sign_scale):
+        x, weight, bias = _autocast(x, weight, bias)
+        ctx.save_for_backward(x, weight if feedback is None else feedback)
+        ctx.sign_scale = sign_scale
+        ctx.has_bias = bias is not None
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, saved = ctx.saved_tensors
+        grad_x = grad_w = grad_b = grad_fb = None
+        if ctx.needs_input_grad[0]:
+            grad_x = grad_out @ _feedback_matrix(saved, ctx.sign_scale, grad_out.dtype)
+        g2 = grad_out.reshape(-1, grad_out.shape[-1])
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[3]:
+            grad_w = g2.t() @ x.reshape(-1, x.shape[-1]).to(g2.dtype)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = g2.sum(0)
+        if ctx.needs_input_grad[3]:  # kp: B gets exactly W's gradient (its own copy)
+            grad_fb = grad_w.clone()
+        return grad_x, grad_w, grad_b, grad_fb, None
+
+
+class _FeedbackConv2dFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, feedback, sign_scale, stride, padding, dilation, groups):
+        x, weight, bias = _autocast(x, weight, bias)
+        ctx.save_for_backward(x, weight if feedback is None else feedback)
+        ctx.sign_scale = sign_scale
+        ctx.conf = (stride, padding, dilation, groups)
+        ctx.bias_sizes = None if bias is None else [bias.shape[0]]
+        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, saved = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.conf
+        need_fb = ctx.needs_input_grad[3]
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1] or need_fb,
+                ctx.bias_sizes is not None and ctx.needs_input_grad[2]]
+        feedback = _feedback_matrix(saved, ctx.sign_scale, grad_out.dtype)
+        # grad_weight of a convolution never reads the weight, so B in the weight slot gives the rule's
+        # input gradient and the true weight gradient in one call.
+        grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
+            grad_out, x.to(grad_out.dtype), feedback, ctx.bias_sizes, stride, padding, dilation,
+            False, [0, 0], groups, mask)
+        grad_fb = grad_w.clone() if need_fb else None
+        return (grad_x, grad_w if ctx.needs_input_grad[1] else None, grad_b, grad_fb,
+                None, None, None, None, None)
+
+
+class _FeedbackLayer:
+    """What FeedbackConv2d and FeedbackLinear share: B, its initialisation and the bp override."""
+
+    rule: str
+
+    def _init_feedback(self, rule: str, scale: float | None = None, generator=None) -> None:
+        if rule not in RULES or rule == "bp":
+            raise ValueError(f"Feedback layers take rule fa, ss, wm or kp, not {rule!r}")
+        self.rule = rule
+        self.use_backprop = False  # set by backprop_mode() to measure the true gradient
+        w = self.weight.detach()
+        if w.is_meta:  # built by convert() on the meta device; it calls again once W is the real one
+            self.register_buffer("feedback", None)
+            self.register_buffer("sign_scale", None)
+            return
+        std = float(w.float().std()) if w.numel() > 1 else 0.0
+        if not std > 0:  # zero-initialised or single-weight layer: fall back to a He-like fan-in std
+            std = 1.0 / math.sqrt(max(1, w[0].numel()))
+        if rule == "ss":
+            self.register_buffer("feedback", None)
+            # a buffer, so that the state dict restores the exact B
+            self.register_buffer("sign_scale", torch.tensor(float(scale) if scale is not None else std,
+                                                            dtype=w.dtype, device=w.device))
+            return
+        self.register_buffer("sign_scale", None)
+        fb = torch.randn(w.shape, generator=generator, dtype=torch.float32, device="cpu")
+        fb = fb.mul_(std).to(device=w.device, dtype=w.dtype)
+        if rule == "kp":
+            self.feedback = nn.Parameter(fb)
+        else:
+            self.register_buffer("feedback", fb)
+
+    def feedback_weight(self) -> torch.Tensor:
+        """The B this layer uses now (detached)."""
+        if self.rule == "ss":
+            return torch.sign(self.weight.detach()) * self.sign_scale
+        return self.feedback.detach()
+
+    def _feedback_args(self):
+        return (None if self.rule == "ss" else self.feedback), self.sign_scale
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, rule={self.rule}"
+
+
+class FeedbackLinear(_FeedbackLayer, nn.Linear):
+    """nn.Linear whose backward sends the error to the input through B (see module docstring)."""
+
+    def __init__(self, in_features, out_features, bias=True, rule="fa", *, scale=None, generator=None,
+                 device=None, dtype=None):
+        super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
+        self._init_feedback(rule, scale, generator)
+
+    def forward(self, x):
+        if self.use_backprop:
+            return F.linear(x, self.weight, self.bias)
+        return _FeedbackLinearFn.apply(x, self.weight, self.bias, *self._feedback_args())
+
+
+class FeedbackConv2d(_FeedbackLayer, nn.Conv2d):
+    """nn.Conv2d whose backward sends the error to the input through B (see module docstring)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                 bias=True, padding_mode="zeros", rule="fa", *, scale=None, generator=None, device=None,
+                 dtype=None):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                         padding_mode, device=device, dtype=dtype)
+        self._init_feedback(rule, scale, generator)
+
+    def _conv_forward(self, x, weight, bias):
+        if self.use_backprop:
+            return super()._conv_forward(x, weight, bias)
+        padding = self.padding
+        if self.padding_mode != "zeros" or isinstance(padding, str):
+            # pad explicitly (autograd handles F.pad) so that the custom conv sees integer zero padding
+            mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
+            x = F.pad(x, self._reversed_padding_repeated_twice, mode=mode)
+            padding = (0, 0)
+        return _FeedbackConv2dFn.apply(x, weight, bias, *self._feedback_args(), list(self.stride),
+                                       list(padding), list(self.dilation), self.groups)
+
+
+FEEDBACK_TYPES = (FeedbackConv2d, FeedbackLinear)
+
+
+def _new_layer(old: nn.Module, rule: str, scale=None, generator=None) -> nn.Module:
+    """A layer of the rule's type that shares `old`'s weight and bias Parameters (built on meta: no copy)."""
+    rule_kw = {} if rule == "bp" else {"rule": rule}
+    meta = {"device": "meta", "dtype": old.weight.dtype}
+    if isinstance(old, nn.Conv2d):
+        cls = nn.Conv2d if rule == "bp" else FeedbackConv2d
+        new = cls(old.in_channels, old.out_channels, old.kernel_size, old.stride, old.padding,
+                  old.dilation, old.groups, old.bias is not None, old.padding_mode, **meta, **rule_kw)
+    else:
+        cls = nn.Linear if rule == "bp" else FeedbackLinear
+        new = cls(old.in_features, old.out_features, old.bias is not None, **meta, **rule_kw)
+    new.weight, new.bias = old.weight, old.bias
+    if rule != "bp":
+        new._init_feedback(rule, scale, generator)  # again, now that W is real (the meta pass drew nothing)
+    new.train(old.training)
+    return new
+
+
+def convert(model: nn.Module, rule: str, *, exclude=(), scale: float | None = None, generator=None):
+    """Make every nn.Conv2d and nn.Linear of `model` learn by `rule`, in place; returns the model.
+
+    W and bias stay the same Parameter objects. `exclude`: module names or fnmatch patterns to leave as
+    they are (e.g. ["fc"] keeps the classifier as it is). `scale`: ss's fixed magnitude (default: each
+    layer's W std at conversion). `generator`: a torch.Generator for B's draw. `rule="bp"` turns Feedback
+    layers back into plain torch layers. A bare Conv2d/Linear is returned converted (it has no parent).
+    """
+    if rule not in RULES:
+        raise ValueError(f"unknown learning rule {rule!r}: expected one of {', '.join(RULES)}")
+    if isinstance(model, (nn.Conv2d, nn.Linear)):
+        return _new_layer(model, rule, scale, generator)
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            full = f"{name}.{child_name}" if name else child_name
+            if not isinstance(child, (nn.Conv2d, nn.Linear)) or type(child) not in (
+                    nn.Conv2d, nn.Linear, *FEEDBACK_TYPES):
+                continue  # subclasses we do not know (e.g. quantised layers) are left alone
+            if any(fnmatch.fnmatchcase(full, pat) for pat in exclude):
+                continue
+            setattr(module, child_name, _new_layer(child, rule, scale, generator))
+    return model
+
+
+def rule_of(model: nn.Module) -> str:
+    """The rule of `model`'s Feedback layers ("bp" if it has none); ValueError if they disagree."""
+    rules = {m.rule for m in model.modules() if isinstance(m, FEEDBACK_TYPES)}
+    if len(rules) > 1:
+        raise ValueError(f"model mixes learning rules {sorted(rules)}")
+    return rules.pop() if rules else "bp"
+
+
+def weight_layers(model: nn.Module):
+    """(name, layer) for every Conv2d/Linear, in module order (the order of depth for torchvision nets)."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+@contextlib.contextmanager
+def backprop_mode(model: nn.Module):
+    """Within the block every Feedback layer backpropagates through W (used to get the true gradient)."""
+    layers = [m for m in model.modules() if isinstance(m, FEEDBACK_TYPES)]
+    before = [m.use_backprop for m in layers]
+    for m in layers:
+        m.use_backprop = True
+    try:
+        yield model
+    finally:
+        for m, b in zip(layers, before):
+            m.use_backprop = b
+
+
+def _angle_deg(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().double().flatten(), b.detach().double().flatten()
+    denom = a.norm() * b.norm()
+    if denom == 0:
+        return float("nan")
+    return math.degrees(math.acos(float((a @ b / denom).clamp(-1.0, 1.0))))
+
+
+def alignment(model: nn.Module) -> dict[str, dict[str, float]]:
+    """Per Conv2d/Linear layer: angle between vec(B) and vec(W) in degrees, and |B|/|W| (bp: 0 and 1)."""
+    out = {}
+    for name, m in weight_layers(model):
+        w = m.weight.detach()
+        b = m.feedback_weight() if isinstance(m, FEEDBACK_TYPES) else w
+        out[name] = {"angle_deg": 0.0 if b is w else _angle_deg(b, w),
+                     "norm_ratio": float(b.double().norm() / w.double().norm().clamp_min(1e-300))}
+    return out
+
+
+def gradient_alignment(model: nn.Module, inputs, targets, loss_fn=F.cross_entropy) -> dict[str, float]:
+    """Per layer, the angle (degrees) between the rule's weight gradient and backprop's, on one batch.
+
+    Runs forward/backward twice (rule, then backprop_mode) in the model's current train/eval mode and
+    leaves parameters, their .grad and every buffer (BatchNorm statistics) as they were.
+    """
+    layers = weight_layers(model)
+    params = list(model.parameters())
+    saved_grads = [p.grad for p in params]
+    saved_buffers = [(buf, buf.detach().clone()) for buf in model.buffers()]
+
+    def grads():
+        for p in params:
+            p.grad = None
+        loss_fn(model(inputs), targets).backward()
+        out = [m.weight.grad.detach().clone() for _, m in layers]
+        for buf, value in saved_buffers:
+            buf.copy_(value)
+        return out
+
+    try:
+        with torch.enable_grad():
+            rule_grads = grads()
+            with backprop_mode(model):
+                true_grads = grads()
+    finally:
+        for p, g in zip(params, saved_grads):
+            p.grad = g
+    return {name: _angle_deg(g, t) for (name, _), g, t in zip(layers, rule_grads, true_grads)}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Weight mirror
+# ---------------------------------------------------------------------------------------------------
+
+# lr == weight_decay and noise_std 1 make B converge to W itself. The estimate's noise is W (S - I), S the
+# noise's sample covariance, so the angle left is about atan(sqrt(fan_in * weight_decay / (2 * samples)))
+# with samples = batch_size * output positions per step: ~12 degrees for a 512-channel 3x3 conv with these
+# defaults. Halving weight_decay (and lr) or doubling batch_size shrinks it by sqrt(2); the first makes B
+# track W more slowly (over ~1/weight_decay steps), the second costs more per step.
+MIRROR_DEFAULTS = {"noise_std": 1.0, "lr": 0.01, "weight_decay": 0.01, "batch_size": 8, "size": 8}
+
+
+@functools.lru_cache(maxsize=256)
+def _valid_tap_counts(kernel, stride, padding, dilation, size, device) -> torch.Tensor:
+    """(kh, kw): for each kernel tap, the output positions where it read a real (unpadded) input.
+
+    Normalising each tap's correlation by its own count makes E[correlation] = noise_var * W exactly;
+    dividing by all positions would shrink the edge and corner taps of B.
+    """
+    per_axis = []
+    for n_in, k, s, p, d in zip(size, kernel, stride, padding, dilation):
+        n_out = (n_in + 2 * p - d * (k - 1) - 1) // s + 1
+        pos = torch.arange(n_out)[:, None] * s + torch.arange(k)[None, :] * d - p  # input index per tap
+        per_axis.append(((pos >= 0) & (pos < n_in)).sum(0).double())
+    return (per_axis[0][:, None] * per_axis[1][None, :]).to(device)
+
+
+@torch.no_grad()
+def _mirror_layer(m, noise_std, lr, weight_decay, batch_size, size, generator):
+    w, fb = m.weight, m.feedback
+    opts = {"device": w.device, "dtype": w.dtype, "generator": generator}
+    if isinstance(m, nn.Linear):
+        x = torch.randn(batch_size, m.in_features, **opts).mul_(noise_std)
+        corr = (x @ w.t()).t() @ x  # sum over the batch of y x^T, shape of W
+        fb.mul_(1 - weight_decay).add_(corr, alpha=lr / batch_size)
+        return
+    if isinstance(m.padding, str) or m.padding_mode != "zeros":
+        raise ValueError(f"mirror_step supports integer zero padding only, not {m.padding!r}/{m.padding_mode}")
+    hw = tuple(max(size, d * (k - 1) + 1) for k, d in zip(m.kernel_size, m.dilation))
+    x = torch.randn(batch_size, m.in_channels, *hw, **opts).mul_(noise_std)
+    if w.is_contiguous(memory_format=torch.channels_last):
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = F.conv2d(x, w, None, m.stride, m.padding, m.dilation, m.groups)
+    # weight-gradient correlation of x and y (grad_weight of the conv at grad_output = y)
+    _, corr, _ = torch.ops.aten.convolution_backward(
+        y, x, w, None, list(m.stride), list(m.padding), list(m.dilation), False, [0, 0], m.groups,
+        [False, True, False])
+    counts = _valid_tap_counts(m.kernel_size, m.stride, m.padding, m.dilation, hw, w.device)
+    fb.mul_(1 - weight_decay).addcdiv_(corr, counts.to(w.dtype), value=lr / batch_size)
+
+
+def mirror_step(model: nn.Module, steps: int = 1, *, noise_std: float = MIRROR_DEFAULTS["noise_std"],
+                lr: float = MIRROR_DEFAULTS["lr"], weight_decay: float = MIRROR_DEFAULTS["weight_decay"],
+                batch_size: int = MIRROR_DEFAULTS["batch_size"], size: int = MIRROR_DEFAULTS["size"],
+                generator: torch.Generator | None = None) -> int:
+    """Weight mirror (wm): `steps` updates of every wm layer's B from noise alone; returns layers updated.
+
+    Each layer gets its own noise x ~ N(0, noise_std^2) (batch_size samples; size x size maps for convs),
+    y = W x without bias, and B <- (1 - weight_decay) B + lr * mean(y x^T). Since E[y x^T] = noise_std^2 W,
+    B converges to (lr * noise_std^2 / weight_decay) W: the defaults make that factor 1.
+    """
+    layers = [m for m in model.modules() if isinstance(m, FEEDBACK_TYPES) and m.rule == "wm"]
+    with torch.autocast(layers[0].weight.device.type if layers else "cpu", enabled=False):
+        for _ in range(steps):
+            for m in layers:
+                _mirror_layer(m, noise_std, lr, weight_decay, batch_size, size, generator)
+    return len(layers)
