@@ -28,7 +28,12 @@ if [ -x .venv/bin/python ] && [ "$(cat "$STAMP" 2>/dev/null)" = "$WANT" ]; then
 fi
 rm -rf .venv
 "$PY" -m venv .venv
-.venv/bin/pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[all]"
+# pip's log is kept, not shown: this machine's pip config prints a warning per package
+if ! .venv/bin/pip install --disable-pip-version-check -c constraints.txt -e ".[all]" > .venv/pip-install.log 2>&1; then
+    grep -v "is ignored: it is neither" .venv/pip-install.log | tail -30 >&2
+    echo "install: pip install failed (full log: .venv/pip-install.log)" >&2
+    exit 1
+fi
 .venv/bin/pip check
 echo "$WANT" > "$STAMP"
 echo "install: .venv ready ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

@@ -1,6 +1,10 @@
 """`dlwt <stage> ...`: one subcommand per pipeline stage (also `python -m dlwt`).
 
-    dlwt demo --epochs 8
+    dlwt demo                                   # every rule on scikit-learn's digits (CPU, minutes)
+    dlwt acquire | extract | convert ...        # data: archives -> ImageFolder -> FFCV
+    dlwt train --params params.yaml --arch resnet18 --rule kp --seed 0 --out results/imagenet/runs/resnet18-kp-s0
+    dlwt evaluate ... --checkpoint .../final.pt --out results/imagenet/eval/resnet18-kp-s0.json
+    dlwt report --params params.yaml            # results/<exp>/summary.*, paper/<exp>/
     dlwt --help
 """
 from __future__ import annotations
@@ -10,17 +14,30 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from dlwt import demo
+    from dlwt import demo, evaluate, report, train
+    from dlwt.data import stages
 
-    parser = argparse.ArgumentParser(prog="dlwt", description="Deep Learning without Weight Transport")
+    parser = argparse.ArgumentParser(prog="dlwt", description="Deep Learning without Weight Transport",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
     demo.add_subparser(sub)
+    stages.add_subparsers(sub)
+    train.add_subparser(sub)
+    evaluate.add_subparser(sub)
+    report.add_subparser(sub)
     return parser
 
 
 def main(argv=None) -> int:
+    from dlwt.data import DataError
+    from dlwt.params import ParamsError
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (DataError, ParamsError) as e:  # bad input: one line naming the thing and the fix
+        print(f"dlwt {args.stage}: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

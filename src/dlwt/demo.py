@@ -9,8 +9,6 @@ to rank the rules (that is what the ImageNet pipeline is for). Writes results/de
 """
 from __future__ import annotations
 
-import json
-import os
 import statistics
 import time
 from pathlib import Path
@@ -20,6 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import dlwt
 from dlwt.engine import evaluate, param_groups, train_one_epoch
+from dlwt.provenance import write_json_atomic
 
 # Digits moves W fast over a few hundred steps, so B must follow within tens of steps (see MIRROR_DEFAULTS).
 DEMO_MIRROR = {"lr": 0.05, "weight_decay": 0.05, "batch_size": 8}
@@ -47,12 +46,15 @@ def run_rule(rule: str, epochs: int, seed: int = 0, batch_size: int = 64, lr: fl
     model = dlwt.models.build("resnet18", num_classes=10, rule=rule, stem="small")
     opt = torch.optim.SGD(param_groups(model, 5e-4), lr=lr, momentum=0.9, nesterov=True)
     sched = torch.optim.lr_scheduler.LinearLR(opt, 1.0, 0.0, total_iters=epochs * len(train))
-    mirror = DEMO_MIRROR if rule == "wm" else None
-    if mirror:
-        dlwt.mirror_step(model, steps=200, **mirror)  # warm-up: align B before the first step
+    def after_step():
+        dlwt.mirror_step(model, **DEMO_MIRROR)
+
+    if rule == "wm":
+        dlwt.mirror_step(model, steps=200, **DEMO_MIRROR)  # warm-up: align B before the first step
     device, start = torch.device("cpu"), time.perf_counter()
     for epoch in range(epochs):
-        train_stats = train_one_epoch(model, train, opt, device, epoch=epoch, scheduler=sched, mirror=mirror)
+        train_stats = train_one_epoch(model, train, opt, device, epoch=epoch, scheduler=sched,
+                                      after_step=after_step if rule == "wm" else None)
     val_stats = evaluate(model, val, device)
     x, y = next(iter(val))
     angles = [a["angle_deg"] for a in dlwt.alignment(model).values()]
@@ -60,13 +62,6 @@ def run_rule(rule: str, epochs: int, seed: int = 0, batch_size: int = 64, lr: fl
     return {"rule": rule, "epochs": epochs, "train_loss": train_stats["train_loss"],
             "val_top1_acc": 1 - val_stats["val_top1_err"], "mean_weight_angle_deg": statistics.mean(angles),
             "mean_grad_angle_deg": statistics.mean(grad_angles), "seconds": time.perf_counter() - start}
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def main(args) -> int:

@@ -11,8 +11,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import dlwt
-
 
 class NonFiniteLoss(RuntimeError):
     """The loss became NaN or inf; the caller keeps its last good checkpoint."""
@@ -22,7 +20,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """SGD groups: weight decay on conv/linear weights (and kp's B, which must match W's), none on
     BatchNorm and biases."""
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
+    for p in model.parameters():
         if not p.requires_grad:
             continue
         (no_decay if p.ndim <= 1 else decay).append(p)
@@ -36,9 +34,9 @@ def accuracy_counts(logits: torch.Tensor, targets: torch.Tensor, ks=(1, 5)) -> l
     return [int(hit[:, :k].any(1).sum()) for k in ks]
 
 
-def train_one_epoch(model, loader, optimizer, device, *, epoch=0, scheduler=None, mirror=None,
+def train_one_epoch(model, loader, optimizer, device, *, epoch=0, scheduler=None, after_step=None,
                     amp_dtype=None, label_smoothing=0.0, progress=None) -> dict:
-    """Train over `loader` once. `mirror`: kwargs for dlwt.mirror_step after every step (wm), or None.
+    """Train over `loader` once. `after_step()` runs after every optimiser step (wm: the mirror step).
     `scheduler` steps once per batch. Raises NonFiniteLoss naming epoch and batch on a NaN/inf loss."""
     model.train()
     loss_sum, correct, seen, start = 0.0, 0, 0, time.perf_counter()
@@ -56,8 +54,8 @@ def train_one_epoch(model, loader, optimizer, device, *, epoch=0, scheduler=None
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
-        if mirror is not None:
-            dlwt.mirror_step(model, **mirror)
+        if after_step is not None:
+            after_step()
         n = targets.shape[0]
         loss_sum += loss_value * n
         correct += accuracy_counts(logits.detach(), targets, ks=(1,))[0]
@@ -72,7 +70,7 @@ def train_one_epoch(model, loader, optimizer, device, *, epoch=0, scheduler=None
 
 @torch.no_grad()
 def evaluate(model, loader, device, *, amp_dtype=None) -> dict:
-    """Loss, top-1 and top-5 error over the whole of `loader` in eval mode."""
+    """Loss, top-1 and top-5 error over the whole of `loader` in eval mode (summed over DDP ranks)."""
     model.eval()
     loss_sum, top1, top5, seen, start = 0.0, 0, 0, 0, time.perf_counter()
     for images, targets in loader:
@@ -82,6 +80,11 @@ def evaluate(model, loader, device, *, amp_dtype=None) -> dict:
         loss_sum += float(F.cross_entropy(logits.float(), targets, reduction="sum"))
         c1, c5 = accuracy_counts(logits, targets)
         top1, top5, seen = top1 + c1, top5 + c5, seen + targets.shape[0]
+    if torch.distributed.is_initialized():
+        sums = torch.tensor([loss_sum, top1, top5, seen], dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(sums)
+        loss_sum, top1, top5, seen = sums.tolist()
+        seen = int(seen)
     seconds = time.perf_counter() - start
     return {"val_loss": loss_sum / max(seen, 1), "val_top1_err": 1 - top1 / max(seen, 1),
             "val_top5_err": 1 - top5 / max(seen, 1), "val_images": seen, "val_seconds": seconds}

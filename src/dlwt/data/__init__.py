@@ -1,0 +1,29 @@
+"""Data stage: ILSVRC2012 archives (or synthetic / digits / a user ImageFolder) -> ImageFolder -> FFCV.
+
+    dlwt acquire --dataset imagenet --source imagenet --root data   # verify (or download) the archives
+    dlwt extract --dataset imagenet --source imagenet --root data   # -> data/imagenet/images/{train,val}/
+    dlwt convert --dataset imagenet --root data                     # -> data/imagenet/ffcv/{train,val}.beton
+
+    from dlwt.data.loaders import make_loader
+    for images, labels in make_loader("train", cfg, device, distributed=False): ...
+
+FFCV is imported only by ffcv_io.py and the FFCV branch of loaders.py, so everything else works without it.
+"""
+
+
+class DataError(Exception):
+    """Bad input to the data stage. The message is one line naming the file and the fix; the CLI prints it."""
+
+
+def images_dir(root, dataset):
+    """data/<dataset>/images: the ImageFolder tree ({train,val}/<class>/*) and classes.json."""
+    import os
+
+    return os.path.join(root, dataset, "images")
+
+
+def ffcv_dir(root, dataset):
+    """data/<dataset>/ffcv: {train,val}.beton and their .json sidecars."""
+    import os
+
+    return os.path.join(root, dataset, "ffcv")

@@ -1,0 +1,152 @@
+"""The data stages of the `dlwt` CLI: acquire, extract, convert. Handlers only turn flags into a data cfg;
+the work is in acquire_stage / extract_stage / convert_stage (which take the same dict as params['data']).
+
+    dlwt acquire --dataset synthetic --source synthetic --root data  # or --source imagenet
+    dlwt extract --dataset synthetic --source synthetic --root data
+    dlwt convert --dataset synthetic --root data --max-resolution 64 --page-size 2097152 --num-workers 1
+    dlwt extract --dataset digits --source digits --root data && dlwt convert --dataset digits --root data
+"""
+
+import json
+import os
+
+from dlwt.data import DataError
+from dlwt.data.config import resolve
+
+
+def acquire_stage(cfg):
+    """imagenet: verify (or download) the archives; synthetic: write them; digits/imagefolder: check."""
+    c = resolve(cfg)
+    if c["source"] == "imagenet":
+        from dlwt.data.imagenet import acquire
+
+        return acquire(c["raw_dir"], urls=c["urls"])
+    if c["source"] == "synthetic":
+        from dlwt.data.imagenet import acquire
+        from dlwt.data.synthetic import write_archives
+
+        write_archives(c["raw_dir"], **c["synthetic"])
+        with open(os.path.join(c["raw_dir"], "MD5SUMS.json")) as f:
+            return acquire(c["raw_dir"], checksums=json.load(f))
+    if c["source"] == "digits":
+        import sklearn.datasets  # noqa: F401  (bundled with scikit-learn: nothing to fetch)
+
+        return {}
+    if not c["imagefolder"] or not os.path.isdir(c["imagefolder"]):
+        raise DataError(
+            f"data.imagefolder={c['imagefolder']!r} is not a folder: give a tree with train/ and val/"
+        )
+    return {"imagefolder": c["imagefolder"]}
+
+
+def extract_stage(cfg):
+    """Archives or source -> <root>/<dataset>/images/{train,val}/<class>/ + classes.json; returns the path."""
+    c = resolve(cfg)
+    if c["source"] in ("imagenet", "synthetic"):
+        from dlwt.data.imagenet import extract
+
+        return extract(c["raw_dir"], c["root"], c["dataset"])
+    if c["source"] == "digits":
+        from dlwt.data.digits import write_digits
+
+        return write_digits(c["root"], c["dataset"], **c["digits"])
+    from dlwt.data.imagefolder import link_tree
+
+    return link_tree(c["imagefolder"], c["root"], c["dataset"])
+
+
+def convert_stage(cfg, splits=("train", "val")):
+    """<root>/<dataset>/images -> <root>/<dataset>/ffcv/{split}.beton (+ .json). Returns the sidecars."""
+    from dlwt.data.ffcv_io import convert
+
+    c = resolve(cfg)
+    keys = (
+        "max_resolution",
+        "jpeg_quality",
+        "compress_probability",
+        "write_mode",
+        "page_size",
+        "num_workers",
+        "on_corrupt",
+    )
+    return convert(c["root"], c["dataset"], splits=splits, **{k: c[k] for k in keys})
+
+
+def _common(p):
+    p.add_argument("--dataset", help="folder name under --root (default: the source's name)")
+    p.add_argument("--source", choices=["imagenet", "synthetic", "digits", "imagefolder"])
+    p.add_argument("--root", help="data root (default: data)")
+    p.add_argument("--raw-dir", dest="raw_dir", help="archives folder (default: <root>/raw/<dataset>)")
+
+
+def _cfg(args):
+    """Flags given on the command line -> data cfg (unset flags keep DATA_DEFAULTS)."""
+    cfg = {
+        k: v
+        for k, v in vars(args).items()
+        if v is not None
+        and k
+        in (
+            "dataset",
+            "source",
+            "root",
+            "raw_dir",
+            "imagefolder",
+            "max_resolution",
+            "jpeg_quality",
+            "compress_probability",
+            "write_mode",
+            "page_size",
+            "num_workers",
+            "on_corrupt",
+        )
+    }
+    if "dataset" not in cfg and "source" in cfg:
+        cfg["dataset"] = cfg["source"]
+    if getattr(args, "url", None):
+        bad = [u for u in args.url if "=" not in u]
+        if bad:
+            raise DataError(f"--url {bad[0]!r}: expected ROLE=URL with ROLE train, val or devkit")
+        cfg["urls"] = dict(u.split("=", 1) for u in args.url)
+    for src in ("synthetic", "digits"):
+        sub = {k: getattr(args, k) for k in resolve()[src] if getattr(args, k, None) is not None}
+        if sub and cfg.get("source") == src:
+            cfg[src] = sub
+    return cfg
+
+
+def add_subparsers(subparsers):
+    """Register acquire, extract and convert on the CLI's subparsers (argparse)."""
+    p = subparsers.add_parser(
+        "acquire", help="check or download the ILSVRC2012 archives (or write synthetic ones)"
+    )
+    _common(p)
+    p.add_argument("--url", action="append", metavar="ROLE=URL", help="download link (train, val, devkit)")
+    p.add_argument("--imagefolder", help="source=imagefolder: tree with train/ and val/")
+    p.add_argument("--classes", type=int, help="synthetic: number of classes")
+    p.add_argument("--train-per-class", dest="train_per_class", type=int)
+    p.add_argument("--val-per-class", dest="val_per_class", type=int)
+    p.add_argument("--size", type=int, help="synthetic/digits: image side in pixels")
+    p.add_argument("--seed", type=int)
+    p.set_defaults(func=lambda a: acquire_stage(_cfg(a)))
+
+    p = subparsers.add_parser("extract", help="archives -> data/<dataset>/images/{train,val}/<class>/")
+    _common(p)
+    p.add_argument("--imagefolder", help="source=imagefolder: tree with train/ and val/")
+    p.add_argument("--size", type=int, help="digits: image side in pixels")
+    p.add_argument("--seed", type=int, help="digits: split seed")
+    p.add_argument("--format", choices=["png", "jpeg"], help="digits: image format")
+    p.set_defaults(func=lambda a: extract_stage(_cfg(a)))
+
+    p = subparsers.add_parser("convert", help="ImageFolder -> data/<dataset>/ffcv/{train,val}.beton")
+    _common(p)
+    p.add_argument("--split", action="append", choices=["train", "val"], help="default: both")
+    p.add_argument("--max-resolution", dest="max_resolution", type=int)
+    p.add_argument("--jpeg-quality", dest="jpeg_quality", type=int)
+    p.add_argument("--compress-probability", dest="compress_probability", type=float)
+    p.add_argument("--write-mode", dest="write_mode", choices=["raw", "jpg", "smart", "proportion"])
+    p.add_argument("--page-size", dest="page_size", type=int)
+    p.add_argument("--num-workers", dest="num_workers", type=int)
+    p.add_argument("--on-corrupt", dest="on_corrupt", choices=["skip", "fail"])
+    p.set_defaults(func=lambda a: convert_stage(_cfg(a), splits=tuple(a.split or ("train", "val"))))
+    return subparsers

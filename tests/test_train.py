@@ -1,0 +1,121 @@
+"""dlwt train / dlwt evaluate end to end on real data (scikit-learn's digits as an ImageFolder), CPU."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from dlwt.data.digits import write_digits
+from dlwt.evaluate import evaluate_checkpoint
+from dlwt.params import deep_merge, load
+from dlwt.train import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    write_digits(str(root), "digits", size=8)
+    return root
+
+
+def digits_params(root, **train):
+    """params.yaml with a digits overlay: 8 px, small stem, torchvision loader, mild crops."""
+    over = {"exp": "test",
+            "data": {"source": "digits", "dataset": "digits", "root": str(root), "backend": "torchvision",
+                     "batch_size": 64, "res": 8, "val_res": 8, "crop_ratio": 1.0, "num_workers": 0,
+                     "train_crop_scale": [0.9, 1.0]},
+            "model": {"stem": "small"},
+            "train": {"epochs": 2, "lr": 0.1, "lr_batch": 64, "schedule": "linear", "weight_decay": 5e-4,
+                      "grad_batch": 32, **train},
+            "mirror": {"warmup_steps": 50, "lr": 0.05, "weight_decay": 0.05, "batch_size": 8}}
+    return deep_merge(load(os.path.join(REPO, "params.yaml")), over)
+
+
+def read_metrics(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("rule", ["bp", "fa", "ss", "wm", "kp"])
+def test_every_rule_trains_and_loss_falls(digits, tmp_path, rule):
+    run = tmp_path / rule
+    last = train(digits_params(digits), "resnet18", rule, 0, run)
+    rows = read_metrics(run)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert rows[1]["train_loss"] < rows[0]["train_loss"]
+    assert last["val_top1_err"] < 0.8  # better than chance (0.9) after two short epochs
+    assert (run / "checkpoints" / "final.pt").is_file()
+    config = json.loads((run / "config.json").read_text())
+    assert config["rule"] == rule and config["params"]["train"]["epochs"] == 2
+    assert {"git_sha", "versions", "device", "world_size"} <= set(config)
+    angles = [a["angle_deg"] for a in rows[-1]["alignment"].values()]
+    assert (max(angles) == 0) == (rule == "bp")
+
+
+def test_backprop_reaches_90_percent_on_digits(digits, tmp_path):
+    last = train(digits_params(digits, epochs=6), "resnet18", "bp", 0, tmp_path / "bp")
+    assert last["val_top1_err"] < 0.10
+
+
+def test_evaluate_writes_metrics_and_refuses_a_mismatched_checkpoint(digits, tmp_path):
+    params = digits_params(digits, epochs=1)
+    run = tmp_path / "run"
+    train(params, "resnet18", "fa", 0, run)
+    out = tmp_path / "eval" / "resnet18-fa-s0.json"
+    result = evaluate_checkpoint(params, "resnet18", "fa", 0, run / "checkpoints" / "final.pt", out)
+    saved = json.loads(out.read_text())
+    assert saved["val_top1_err"] == result["val_top1_err"] and saved["val_images"] == 360
+    assert saved["gradient_alignment"]["fc"] < 1e-3 and saved["gradient_alignment"]["conv1"] > 10
+    assert saved["rule"] == "fa" and saved["params"] > 11_000_000
+    with pytest.raises(SystemExit, match="holds resnet18-fa-s0, not resnet18-kp-s0"):
+        evaluate_checkpoint(params, "resnet18", "kp", 0, run / "checkpoints" / "final.pt", tmp_path / "x.json")
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_nan_loss_stops_cleanly_and_keeps_last_good_checkpoint(digits, tmp_path):
+    # epoch 1 at lr 0.1, then the step schedule multiplies it by 1e12: the loss blows up in epoch 2
+    params = digits_params(digits, epochs=2, schedule="step", milestones=[1], gamma=1e12)
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit, match=r"loss is (nan|inf) at epoch 2, batch \d+: lower the learning rate"):
+        train(params, "resnet18", "bp", 0, run)
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=False)["epoch"] == 1
+    assert len(read_metrics(run)) == 1
+    assert not (run / "checkpoints" / "final.pt").exists()
+
+
+def test_resume_refuses_changed_params(digits, tmp_path):
+    run = tmp_path / "run"
+    train(digits_params(digits, epochs=1), "resnet18", "bp", 0, run)
+    with pytest.raises(SystemExit, match="made with other train/model/mirror params"):
+        train(digits_params(digits, epochs=1, lr=0.2), "resnet18", "bp", 0, run)
+
+
+def test_kill_and_resume_gives_the_same_metrics(digits, tmp_path):
+    # every run in a fresh process, as a user would run it (the test process's thread settings may differ)
+    (tmp_path / "params.yaml").write_text(json.dumps(digits_params(digits, epochs=3)))  # JSON is YAML
+
+    def command(out):
+        return [sys.executable, "-m", "dlwt", "train", "--params", str(tmp_path / "params.yaml"), "--arch",
+                "resnet18", "--rule", "kp", "--seed", "0", "--out", str(out)]
+
+    reference, run = tmp_path / "reference", tmp_path / "killed"
+    subprocess.run(command(reference), check=True, capture_output=True)
+    proc = subprocess.Popen(command(run), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (run / "checkpoints" / "last.pt").exists() and time.time() < deadline:  # epoch 1 done
+        time.sleep(0.05)
+    time.sleep(0.5)  # now in the middle of epoch 2
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert len(read_metrics(run)) < 3 and not (run / "checkpoints" / "final.pt").exists()
+    resumed = subprocess.run(command(run), check=True, capture_output=True, text=True)
+    assert "resuming" in resumed.stderr
+    timing = {"images_per_s", "train_seconds", "val_seconds", "seconds"}
+    strip = [{k: v for k, v in r.items() if k not in timing} for r in read_metrics(run)]
+    expect = [{k: v for k, v in r.items() if k not in timing} for r in read_metrics(reference)]
+    assert len(strip) == 3 and strip == expect
