@@ -5,9 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# FFCV's setup.py needs these headers even to resolve, so install them before pip, every time
-# (a machine that already has them would hide a missing step).
-APT_PACKAGES="pkg-config libturbojpeg0-dev libopencv-dev"
+# FFCV's setup.py needs these headers even to resolve (and a C++ compiler to build), so install them
+# before pip, every time (a machine that already has them would hide a missing step).
+APT_PACKAGES="pkg-config libturbojpeg0-dev libopencv-dev g++"
 if command -v apt-get >/dev/null; then
     SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo -n"
     if ! { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq --no-install-recommends $APT_PACKAGES; } >/dev/null; then

@@ -34,7 +34,8 @@ def main(argv=None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        result = args.func(args)
+        return result if isinstance(result, int) else 0  # the data stages return what they wrote
     except (DataError, ParamsError) as e:  # bad input: one line naming the thing and the fix
         print(f"dlwt {args.stage}: {e}", file=sys.stderr)
         return 2

@@ -5,7 +5,7 @@
 
 Digits is real data (1,797 8x8 images, 10 classes) that ships with scikit-learn, so this runs anywhere
 with no download. It proves every rule learns and shows how far each rule's B is from W; it is too easy
-to rank the rules (that is what the ImageNet pipeline is for). Writes results/demo/rules.json.
+to rank the rules (that is what the ImageNet pipeline is for). Writes results/demo-rules.json.
 """
 from __future__ import annotations
 
@@ -89,5 +89,5 @@ def add_subparser(sub) -> None:
                        description=__doc__)
     p.add_argument("--rules", default=",".join(dlwt.RULES))
     p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--out", default="results/demo/rules.json")
+    p.add_argument("--out", default="results/demo-rules.json")
     p.set_defaults(func=main)

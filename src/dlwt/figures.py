@@ -180,11 +180,11 @@ def draw_all(df: pd.DataFrame, params: dict) -> dict:
     return figs
 
 
-def render(fig) -> dict:
+def render(fig, dpi: int = 150) -> dict:
     """{'pdf': bytes, 'png': bytes}; closes the figure. No creation date in the PDF, so an unchanged result
     gives an unchanged file and DVC sees no spurious change."""
     out = {}
-    for fmt, kw in (("pdf", dict(metadata={"CreationDate": None})), ("png", dict(dpi=150))):
+    for fmt, kw in (("pdf", dict(metadata={"CreationDate": None})), ("png", dict(dpi=dpi))):
         buf = io.BytesIO()
         fig.savefig(buf, format=fmt, bbox_inches="tight", **kw)
         out[fmt] = buf.getvalue()

@@ -10,6 +10,7 @@ each file atomically (temp file + os.replace):
                                   (evaluation) ones start with 'final_'
     results/<exp>/summary.json    top-1/top-5 error (%) per arch x rule: mean, sample std over seeds, n
                                   (the DVC metrics file)
+    results/<exp>/curves.csv      run, arch, rule, seed, epoch, losses and errors per epoch (the DVC plots file)
     paper/<exp>/table1.md, table1.tex, figures/*.pdf|png, README.md
 An expected run with no file is shown as missing (a dash in the table, a line in the README), never dropped.
 """
@@ -137,6 +138,18 @@ def tidy(runs: dict) -> pd.DataFrame:
             rows.append((a, r, s, ep, f"final_grad_angle_deg/{layer}", float(v)))
     df = pd.DataFrame(rows, columns=COLUMNS)
     return df.astype({"epoch": "Int64"})  # nullable: an eval file may lack 'epoch'
+
+
+def curves(df: pd.DataFrame) -> pd.DataFrame:
+    """Per-epoch curves, one column per metric and a `run` column: the file `dvc plots` draws."""
+    keep = ["train_loss", "val_loss", "val_top1_err", "val_top5_err"]
+    per_epoch = df[df["metric"].isin(keep)]
+    if per_epoch.empty:
+        return pd.DataFrame(columns=["run", "arch", "rule", "seed", "epoch", *keep])
+    wide = per_epoch.pivot_table(index=["arch", "rule", "seed", "epoch"], columns="metric", values="value")
+    wide = wide.reset_index()
+    wide.insert(0, "run", [run_name(a, r, s) for a, r, s in zip(wide["arch"], wide["rule"], wide["seed"])])
+    return wide
 
 
 def summarise(runs: dict, params: dict) -> dict:
@@ -356,10 +369,11 @@ def report(results_dir: Path, paper_dir: Path, params: dict) -> dict:
     table_md, table_tex = tables(summary, published, params)
     files = {res / "summary.csv": df.to_csv(index=False, float_format="%.7g"),  # 7 digits: float32 precision
              res / "summary.json": json.dumps(summary, indent=2) + "\n",
+             res / "curves.csv": curves(df).to_csv(index=False, float_format="%.7g"),
              pap / "table1.md": table_md, pap / "table1.tex": table_tex}
     figs = figures.draw_all(df, params)
     for stem, fig in figs.items():
-        for fmt, data in figures.render(fig).items():
+        for fmt, data in figures.render(fig, dpi=(params.get("report") or {}).get("dpi", 150)).items():
             files[pap / "figures" / f"{stem}.{fmt}"] = data
     files[pap / "README.md"] = readme(params, table_md, runs, vs, list(figs))
     for path, data in files.items():

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -114,16 +115,19 @@ def train(params: dict, arch: str, rule: str, seed: int, out: Path) -> dict:
 
     last, metrics_path = out / "checkpoints" / "last.pt", out / "metrics.jsonl"
     rows, start_epoch = [], 0
-    if last.exists():
-        ckpt = torch.load(last, map_location=device, weights_only=False)
-        if (ckpt["arch"], ckpt["rule"], ckpt["seed"]) != (arch, rule, seed):
-            raise SystemExit(f"dlwt train: {last} is {ckpt['arch']}-{ckpt['rule']}-s{ckpt['seed']}, not "
-                             f"{arch}-{rule}-s{seed}; use another --out or delete it")
-        old, new = _recipe(ckpt["params"]), _recipe(params)
-        changed = [k for k in new if old[k] != new[k]]
-        if changed:
-            raise SystemExit(f"dlwt train: {last} was made with other train/model/mirror params "
-                             f"({', '.join(changed)} differ); delete {out} to start afresh with the new ones")
+    ckpt = torch.load(last, map_location=device, weights_only=False) if last.exists() else None
+    if ckpt is not None and (ckpt["arch"], ckpt["rule"], ckpt["seed"]) != (arch, rule, seed):
+        raise SystemExit(f"dlwt train: {last} is {ckpt['arch']}-{ckpt['rule']}-s{ckpt['seed']}, not "
+                         f"{arch}-{rule}-s{seed}; use another --out or delete it")
+    if ckpt is not None and _recipe(ckpt["params"]) != _recipe(params):
+        # params were edited (dvc repro / snakemake rerun): start afresh, but keep the old run's checkpoint
+        stale = last.with_name(f"last-stale-{int(time.time())}.pt")
+        if rank == 0:
+            os.replace(last, stale)
+            print(f"dlwt train: {last} was made with other train/mirror/stem params; moved it to {stale.name} "
+                  "and starting afresh", file=sys.stderr)
+        ckpt = None
+    if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
@@ -199,6 +203,12 @@ class _MirrorEvery:
 def main(args) -> int:
     from dlwt.params import load
     params = load(args.params, args.overlay)
+    gpus = params["train"]["gpus"]
+    if gpus > 1 and "WORLD_SIZE" not in os.environ:  # relaunch this very command under torchrun
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
+               "-m", "dlwt", *sys.argv[1:]]
+        print("dlwt train: " + " ".join(cmd), file=sys.stderr, flush=True)
+        os.execv(sys.executable, cmd)
     train(params, args.arch, args.rule, args.seed, Path(args.out))
     return 0
 

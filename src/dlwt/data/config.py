@@ -31,6 +31,7 @@ DATA_DEFAULTS = {
     "res": 224,  # train crop size (RandomResizedCrop); val crop size too
     "val_res": None,  # None -> res
     "train_crop_scale": (0.08, 1.0),  # RandomResizedCrop's range of crop area (torchvision's default)
+    "train_flip": True,           # random horizontal flip (off for data where mirroring changes meaning: digits)
     "crop_ratio": 224 / 256,  # val: centre crop of ratio * shorter side (the usual resize-256/crop-224)
     "os_cache": True,  # FFCV: read the .beton through the page cache (False: FFCV's own cache)
     "seed": 0,  # data order (FFCV RANDOM order / DistributedSampler)

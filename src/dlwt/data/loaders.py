@@ -72,6 +72,7 @@ def _workers(n):
 def ffcv_loader(
     path, split, *, batch_size, num_workers, res, crop_ratio, device, distributed=False, seed=0, os_cache=True,
     crop_scale=(0.08, 1.0),
+    flip=True,
 ):
     """FFCV Loader over a .beton with ffcv-imagenet's pipelines; returns the raw ffcv Loader."""
     from ffcv.fields.basics import IntDecoder
@@ -89,7 +90,8 @@ def ffcv_loader(
     device = torch.device(device)  # FFCV's ToDevice wants a torch.device, not a string
     mean, std = np.array(MEAN), np.array(STD)
     if split == "train":
-        decode = [RandomResizedCropRGBImageDecoder((res, res), scale=tuple(crop_scale)), RandomHorizontalFlip()]
+        decode = [RandomResizedCropRGBImageDecoder((res, res), scale=tuple(crop_scale))]
+        decode += [RandomHorizontalFlip()] if flip else []
     else:
         decode = [CenterCropRGBImageDecoder((res, res), ratio=crop_ratio)]
     if device.type == "cuda":  # normalise on the GPU after the transfer, as ffcv-imagenet does
@@ -148,14 +150,15 @@ def _collate(batch):
     return torch.stack([x for x, _ in good]), torch.tensor([y for _, y in good], dtype=torch.int64), bad
 
 
-def transforms_for(split, res, crop_ratio, crop_scale=(0.08, 1.0)):
+def transforms_for(split, res, crop_ratio, crop_scale=(0.08, 1.0), flip=True):
     """torchvision transforms matching the FFCV pipelines."""
     from torchvision import transforms as T
 
     norm = T.Normalize([m / 255 for m in MEAN], [s / 255 for s in STD])
     if split == "train":
         return T.Compose(
-            [T.RandomResizedCrop(res, scale=tuple(crop_scale), antialias=True), T.RandomHorizontalFlip(), T.ToTensor(), norm]
+            [T.RandomResizedCrop(res, scale=tuple(crop_scale), antialias=True),
+             *([T.RandomHorizontalFlip()] if flip else []), T.ToTensor(), norm]
         )
     return T.Compose(
         [T.Resize(round(res / crop_ratio), antialias=True), T.CenterCrop(res), T.ToTensor(), norm]
@@ -165,10 +168,11 @@ def transforms_for(split, res, crop_ratio, crop_scale=(0.08, 1.0)):
 def torchvision_loader(
     images, split, *, batch_size, num_workers, res, crop_ratio, device, distributed=False, seed=0,
     crop_scale=(0.08, 1.0),
+    flip=True,
 ):
     """(DataLoader, sampler or None, number of images) over <images>/<split> with transforms_for()."""
     samples, _ = scan(images, split)
-    ds = _Folder(images, samples, transforms_for(split, res, crop_ratio, crop_scale))
+    ds = _Folder(images, samples, transforms_for(split, res, crop_ratio, crop_scale, flip))
     sampler = None
     if distributed:
         sampler = torch.utils.data.distributed.DistributedSampler(ds, shuffle=(split == "train"), seed=seed)
@@ -205,6 +209,7 @@ def make_loader(split, cfg=None, device="cpu", distributed=False):
         res=res,
         crop_ratio=c["crop_ratio"],
         crop_scale=c["train_crop_scale"],
+        flip=c["train_flip"],
         device=device,
         distributed=distributed,
         seed=c["seed"],

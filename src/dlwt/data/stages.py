@@ -1,6 +1,7 @@
-"""The data stages of the `dlwt` CLI: acquire, extract, convert. Handlers only turn flags into a data cfg;
-the work is in acquire_stage / extract_stage / convert_stage (which take the same dict as params['data']).
+"""The data stages of the `dlwt` CLI: acquire, extract, convert. Handlers only turn params + flags into a
+data cfg; the work is in acquire_stage / extract_stage / convert_stage (which take params['data']).
 
+    dlwt acquire --params params.yaml --overlay config/ci.yaml          # what the Snakefile and dvc.yaml run
     dlwt acquire --dataset synthetic --source synthetic --root data  # or --source imagenet
     dlwt extract --dataset synthetic --source synthetic --root data
     dlwt convert --dataset synthetic --root data --max-resolution 64 --page-size 2097152 --num-workers 1
@@ -15,8 +16,18 @@ from dlwt.data.config import resolve
 
 
 def acquire_stage(cfg):
-    """imagenet: verify (or download) the archives; synthetic: write them; digits/imagefolder: check."""
+    """acquire, then record what it found in <root>/<dataset>/acquired.json: the stage's output in the DAG."""
+    from dlwt.provenance import write_json_atomic
+
     c = resolve(cfg)
+    found = _acquire(c)
+    write_json_atomic(os.path.join(c["root"], c["dataset"], "acquired.json"),
+                      {"source": c["source"], "dataset": c["dataset"], "files": {k: str(v) for k, v in found.items()}})
+    return found
+
+
+def _acquire(c):
+    """imagenet: verify (or download) the archives; synthetic: write them; digits/imagefolder: check."""
     if c["source"] == "imagenet":
         from dlwt.data.imagenet import acquire
 
@@ -73,6 +84,8 @@ def convert_stage(cfg, splits=("train", "val")):
 
 
 def _common(p):
+    p.add_argument("--params", help="params.yaml: its data section is the starting point (flags override it)")
+    p.add_argument("--overlay", action="append", default=[], help="YAML deep-merged over --params (repeatable)")
     p.add_argument("--dataset", help="folder name under --root (default: the source's name)")
     p.add_argument("--source", choices=["imagenet", "synthetic", "digits", "imagefolder"])
     p.add_argument("--root", help="data root (default: data)")
@@ -80,7 +93,13 @@ def _common(p):
 
 
 def _cfg(args):
-    """Flags given on the command line -> data cfg (unset flags keep DATA_DEFAULTS)."""
+    """params['data'] (with --params) updated by the flags given on the command line; what neither sets
+    keeps DATA_DEFAULTS."""
+    base = {}
+    if args.params:
+        from dlwt.params import load
+
+        base = load(args.params, args.overlay)["data"]
     cfg = {
         k: v
         for k, v in vars(args).items()
@@ -101,7 +120,7 @@ def _cfg(args):
             "on_corrupt",
         )
     }
-    if "dataset" not in cfg and "source" in cfg:
+    if "dataset" not in cfg and "source" in cfg and not base:
         cfg["dataset"] = cfg["source"]
     if getattr(args, "url", None):
         bad = [u for u in args.url if "=" not in u]
@@ -110,9 +129,9 @@ def _cfg(args):
         cfg["urls"] = dict(u.split("=", 1) for u in args.url)
     for src in ("synthetic", "digits"):
         sub = {k: getattr(args, k) for k in resolve()[src] if getattr(args, k, None) is not None}
-        if sub and cfg.get("source") == src:
-            cfg[src] = sub
-    return cfg
+        if sub and cfg.get("source", base.get("source")) == src:
+            cfg[src] = {**base.get(src, {}), **sub}
+    return {**base, **cfg}
 
 
 def add_subparsers(subparsers):
