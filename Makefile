@@ -29,3 +29,4 @@ lint: install
 bench: install
 	python bench/rules.py
 	python bench/loaders.py
+	python bench/train.py

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import dlwt
+from dlwt.engine import sgd
 
 p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 p.add_argument("--device", default="cpu")
@@ -38,8 +39,7 @@ rules = args.rules.split(",")
 def make(rule):
     torch.manual_seed(0)
     model = dlwt.models.build(args.arch, num_classes, rule, stem).to(device, memory_format=fmt)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4,
-                          foreach=True)
+    opt = sgd(model, 0.01, 0.9, 5e-4)
     return model, opt
 
 

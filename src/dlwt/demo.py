@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import dlwt
-from dlwt.engine import evaluate, param_groups, train_one_epoch
+from dlwt.engine import evaluate, sgd, train_one_epoch
 from dlwt.provenance import write_json_atomic
 
 # Digits moves W fast over a few hundred steps, so B must follow within tens of steps (see MIRROR_DEFAULTS).
@@ -44,7 +44,7 @@ def run_rule(rule: str, epochs: int, seed: int = 0, batch_size: int = 64, lr: fl
     train = DataLoader(train_set, batch_size=batch_size, shuffle=True, drop_last=True)
     val = DataLoader(val_set, batch_size=256)
     model = dlwt.models.build("resnet18", num_classes=10, rule=rule, stem="small")
-    opt = torch.optim.SGD(param_groups(model, 5e-4), lr=lr, momentum=0.9, nesterov=True)
+    opt = sgd(model, lr, 0.9, 5e-4, nesterov=True)
     sched = torch.optim.lr_scheduler.LinearLR(opt, 1.0, 0.0, total_iters=epochs * len(train))
     def after_step():
         dlwt.mirror_step(model, **DEMO_MIRROR)

@@ -323,8 +323,9 @@ def gradient_alignment(model: nn.Module, inputs, targets, loss_fn=F.cross_entrop
 # noise's sample covariance, so the angle left is about atan(sqrt(fan_in * weight_decay / (2 * samples)))
 # with samples = batch_size * output positions per step: ~12 degrees for a 512-channel 3x3 conv with these
 # defaults. Halving weight_decay (and lr) or doubling batch_size shrinks it by sqrt(2); the first makes B
-# track W more slowly (over ~1/weight_decay steps), the second costs more per step.
-MIRROR_DEFAULTS = {"noise_std": 1.0, "lr": 0.01, "weight_decay": 0.01, "batch_size": 8, "size": 8}
+# track W more slowly (over ~1/weight_decay steps: a warm-up of ~1000 steps from random B), the second costs
+# more per step (bench/rules.py: batch 8 cost 1.23x bp's step on CPU at 32 px, batch 4 keeps it lower).
+MIRROR_DEFAULTS = {"noise_std": 1.0, "lr": 0.005, "weight_decay": 0.005, "batch_size": 4, "size": 8}
 
 
 @functools.lru_cache(maxsize=256)

@@ -21,7 +21,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 import dlwt
-from dlwt.engine import NonFiniteLoss, evaluate, param_groups, train_one_epoch
+from dlwt.engine import NonFiniteLoss, evaluate, sgd, train_one_epoch
 from dlwt.provenance import provenance, write_json_atomic
 
 
@@ -107,8 +107,7 @@ def train(params: dict, arch: str, rule: str, seed: int, out: Path) -> dict:
     model = model.to(device, memory_format=fmt)
     global_batch = params["data"]["batch_size"] * world
     lr = tcfg["lr"] * global_batch / tcfg["lr_batch"]
-    opt = torch.optim.SGD(param_groups(model, tcfg["weight_decay"]), lr=lr, momentum=tcfg["momentum"],
-                          nesterov=tcfg["nesterov"], foreach=True)
+    opt = sgd(model, lr, tcfg["momentum"], tcfg["weight_decay"], tcfg["nesterov"])
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tcfg, len(train_loader)))
     mirror_gen = torch.Generator(device=device).manual_seed(seed)  # alike on every rank
     mirror = {k: mcfg[k] for k in ("noise_std", "lr", "weight_decay", "batch_size", "size")}
