@@ -3,12 +3,11 @@
 #   snakemake --cores all --configfile config/demo.yaml      # the demo: digits on CPU, minutes
 #   snakemake --profile profiles/slurm                       # a SLURM cluster
 # Every rule only calls the `dlwt` CLI; the logic lives in src/dlwt (dvc.yaml runs the same commands).
-from snakemake.utils import validate
-
 import dlwt.pipeline as pipeline
+from dlwt.params import validate
 
 configfile: "params.yaml"
-validate(config, "src/dlwt/params_schema.yaml")
+validate(config, "params.yaml + --configfile overlays")  # src/dlwt/params_schema.yaml: one line naming the key
 
 P = pipeline.paths(config)
 RUNS = pipeline.run_ids(config)

@@ -126,3 +126,10 @@ def test_preflight_accepts_archives_given_by_url(tmp_path):
         preflight(params)
     params["data"]["urls"] = {"train": "https://x/t.tar", "val": "https://x/v.tar", "devkit": "https://x/d.tgz"}
     preflight(params)  # downloadable: the acquire stage will fetch them
+
+
+def test_snakemake_names_an_unknown_params_key_before_any_work(tmp_path):
+    (tmp_path / "typo.yaml").write_text("train:\n  lrr: 0.1\n")
+    proc = sh([BIN / "snakemake", "-n", "--configfile", str(tmp_path / "typo.yaml")], REPO, check=False)
+    assert proc.returncode != 0
+    assert "unknown key train.lrr (allowed here: amp," in proc.stdout + proc.stderr
