@@ -97,6 +97,17 @@ def test_changed_params_start_afresh_and_keep_the_old_checkpoint(digits, tmp_pat
     assert len(list((run / "checkpoints").glob("last-stale-*.pt"))) == 1
 
 
+def test_a_finished_run_whose_outputs_were_removed_is_recomputed(digits, tmp_path, capsys):
+    # what snakemake --forcerun and dvc repro -f do: delete the declared outputs, run the command again
+    run = tmp_path / "run"
+    train(digits_params(digits, epochs=1), "resnet18", "bp", 0, run)
+    for name in ("metrics.jsonl", "config.json", "checkpoints/final.pt"):
+        (run / name).unlink()
+    train(digits_params(digits, epochs=1), "resnet18", "bp", 0, run)
+    assert "is a finished run whose final.pt was removed" in capsys.readouterr().err
+    assert len(read_metrics(run)) == 1 and (run / "checkpoints" / "final.pt").is_file()
+
+
 def test_kill_and_resume_gives_the_same_metrics(digits, tmp_path):
     # every run in a fresh process, as a user would run it (the test process's thread settings may differ)
     (tmp_path / "params.yaml").write_text(json.dumps(digits_params(digits, epochs=3)))  # JSON is YAML
@@ -115,6 +126,7 @@ def test_kill_and_resume_gives_the_same_metrics(digits, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert len(read_metrics(run)) < 3 and not (run / "checkpoints" / "final.pt").exists()
+    (run / "metrics.jsonl").unlink()  # Snakemake deletes a failed job's declared outputs; last.pt is not one
     resumed = subprocess.run(command(run), check=True, capture_output=True, text=True)
     assert "resuming" in resumed.stderr
     timing = {"images_per_s", "train_seconds", "val_seconds", "seconds"}

@@ -118,13 +118,17 @@ def train(params: dict, arch: str, rule: str, seed: int, out: Path) -> dict:
     if ckpt is not None and (ckpt["arch"], ckpt["rule"], ckpt["seed"]) != (arch, rule, seed):
         raise SystemExit(f"dlwt train: {last} is {ckpt['arch']}-{ckpt['rule']}-s{ckpt['seed']}, not "
                          f"{arch}-{rule}-s{seed}; use another --out or delete it")
-    if ckpt is not None and _recipe(ckpt["params"]) != _recipe(params):
-        # params were edited (dvc repro / snakemake rerun): start afresh, but keep the old run's checkpoint
+    # Start afresh, keeping the old checkpoint, when params were edited (dvc repro, snakemake rerun) or when
+    # the run had finished and its final.pt was removed (snakemake --forcerun / dvc repro -f: a recompute).
+    why = None if ckpt is None else ("was made with other train/mirror/stem params"
+                                      if _recipe(ckpt["params"]) != _recipe(params) else
+                                      "is a finished run whose final.pt was removed"
+                                      if ckpt["epoch"] >= tcfg["epochs"] else None)
+    if why:
         stale = last.with_name(f"last-stale-{int(time.time())}.pt")
         if rank == 0:
             os.replace(last, stale)
-            print(f"dlwt train: {last} was made with other train/mirror/stem params; moved it to {stale.name} "
-                  "and starting afresh", file=sys.stderr)
+            print(f"dlwt train: {last} {why}; moved it to {stale.name} and starting afresh", file=sys.stderr)
         ckpt = None
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
@@ -134,6 +138,7 @@ def train(params: dict, arch: str, rule: str, seed: int, out: Path) -> dict:
         start_epoch = ckpt["epoch"]
         rows = ckpt["metrics"]  # lines written after this checkpoint belong to an epoch that is redone
         if rank == 0:
+            _write_metrics(metrics_path, rows)  # a runner may have deleted it when the killed job failed
             print(f"dlwt train: resuming {out} after epoch {start_epoch}", file=sys.stderr)
     elif rule == "wm" and mcfg["warmup_steps"]:
         dlwt.mirror_step(model, steps=mcfg["warmup_steps"], generator=mirror_gen, **mirror)
