@@ -149,3 +149,16 @@ def test_train_gpus_2_runs_ddp_under_torchrun(digits, tmp_path):
     rows = read_metrics(run)
     assert len(rows) == 1 and rows[0]["val_images"] == 360  # validation summed over both ranks' shards
     assert (run / "checkpoints" / "final.pt").is_file()
+
+
+@pytest.mark.timeout(300)
+def test_nan_under_ddp_stops_every_rank(digits, tmp_path):
+    params = digits_params(digits, epochs=2, gpus=2, schedule="step", milestones=[1], gamma=1e12)
+    (tmp_path / "params.yaml").write_text(json.dumps(params))
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "dlwt", "train", "--params", str(tmp_path / "params.yaml"),
+                           "--arch", "resnet18", "--rule", "bp", "--seed", "0", "--out", str(run)],
+                          capture_output=True, text=True, timeout=280)  # a hang would time out here
+    assert proc.returncode != 0
+    assert "at epoch 2, batch" in proc.stderr and "lower the learning rate" in proc.stderr
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=False)["epoch"] == 1

@@ -53,8 +53,14 @@ def train_one_epoch(model, loader, optimizer, device, *, epoch=0, scheduler=None
             logits = model(images)
             loss = F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
         loss_value = loss.item()
-        if not math.isfinite(loss_value):
-            raise NonFiniteLoss(f"loss is {loss_value} at epoch {epoch}, batch {i}: lower the learning "
+        finite = math.isfinite(loss_value)
+        if torch.distributed.is_initialized():  # every rank stops together (else the others hang in backward)
+            flag = torch.tensor([0.0 if finite else 1.0], device=device)
+            torch.distributed.all_reduce(flag)
+            finite = flag.item() == 0
+        if not finite:
+            what = loss_value if not math.isfinite(loss_value) else "not finite on another rank"
+            raise NonFiniteLoss(f"loss is {what} at epoch {epoch}, batch {i}: lower the learning "
                                 "rate (train.lr) or check the input data")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
