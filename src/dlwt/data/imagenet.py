@@ -66,8 +66,11 @@ def _verified(path, md5):
             f"{path}: md5 {got}, expected {md5}; the file is corrupt or not this release: "
             "delete it and download it again"
         )
-    with open(stamp, "w") as f:
-        f.write(f"{key}\n{md5}\n")
+    try:
+        with open(stamp, "w") as f:
+            f.write(f"{key}\n{md5}\n")
+    except OSError:  # a read-only archive folder (e.g. a :ro mount): verify again next time
+        pass
     return True
 
 
