@@ -8,13 +8,13 @@ round by round so that machine noise hits them alike; each round times `--steps`
 warm-up, and the ratio to bp is taken within the round. Prints mean +- std of the ratios over rounds.
 """
 import argparse
-import statistics
 import time
 
 import torch
 import torch.nn.functional as F
 
 import dlwt
+from common import print_ratio_table  # bench/common.py (the script's folder is on sys.path)
 from dlwt.engine import sgd
 
 p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -81,10 +81,6 @@ for _ in range(args.rounds):
         ms[rule].append(times[rule] * 1e3)
 
 name = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} threads"
-print(f"{args.arch} {stem} stem, {size} px, batch {batch}, {'bf16 channels_last' if cuda else 'fp32'}"
-      f" on {name}; {args.rounds} rounds x {args.steps} steps, torch {torch.__version__}")
-print("| rule | step time / bp (mean +- std over rounds) | ms per step (mean) |")
-print("|---|---|---|")
-for rule in rules:
-    sd = statistics.stdev(ratios[rule]) if len(ratios[rule]) > 1 else 0.0
-    print(f"| {rule} | {statistics.mean(ratios[rule]):.3f} +- {sd:.3f} | {statistics.mean(ms[rule]):.1f} |")
+print_ratio_table(f"{args.arch} {stem} stem, {size} px, batch {batch}, {'bf16 channels_last' if cuda else 'fp32'}"
+                  f" on {name}; {args.rounds} rounds x {args.steps} steps, torch {torch.__version__}",
+                  ("rule", "step time / bp (mean +- std over rounds)", "ms per step (mean)"), ratios, ms, ".1f")

@@ -10,7 +10,6 @@ mirror step after every step, as the pipeline runs it). The order rotates each r
 within a round. Prints images/s relative to bp (mean +- std over rounds).
 """
 import argparse
-import statistics
 import time
 
 import torch
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 import torchvision
 
 import dlwt
+from common import print_ratio_table  # bench/common.py (the script's folder is on sys.path)
 from dlwt.engine import sgd, train_one_epoch
 
 p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -104,10 +104,6 @@ for r in range(args.rounds):
         ips[name].append(len(batches) * batch / seconds[name])
 
 where = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} threads"
-print(f"{arch} {stem} stem, {size} px, batch {batch}, {len(batches)} steps per epoch, "
-      f"{'bf16 channels_last' if cuda else 'fp32'} on {where}; {args.rounds} rounds, torch {torch.__version__}")
-print("| loop | images/s relative to bp (mean +- std) | images/s (mean) |")
-print("|---|---|---|")
-for name in names:
-    sd = statistics.stdev(ratios[name]) if len(ratios[name]) > 1 else 0.0
-    print(f"| {name} | {statistics.mean(ratios[name]):.3f} +- {sd:.3f} | {statistics.mean(ips[name]):.0f} |")
+print_ratio_table(f"{arch} {stem} stem, {size} px, batch {batch}, {len(batches)} steps per epoch, "
+                  f"{'bf16 channels_last' if cuda else 'fp32'} on {where}; {args.rounds} rounds, torch {torch.__version__}",
+                  ("loop", "images/s relative to bp (mean +- std)", "images/s (mean)"), ratios, ips, ".0f")

@@ -14,6 +14,10 @@ import os
 from dlwt.data import DataError
 from dlwt.data.config import resolve
 
+# the data settings convert_stage passes to ffcv_io.convert (each also a `dlwt convert` flag)
+CONVERT_KEYS = ("max_resolution", "jpeg_quality", "compress_probability", "write_mode", "page_size",
+                "num_workers", "on_corrupt")
+
 
 def acquire_stage(cfg):
     """acquire, then record what it found in <root>/<dataset>/acquired.json: the stage's output in the DAG."""
@@ -71,16 +75,7 @@ def convert_stage(cfg, splits=("train", "val")):
     from dlwt.data.ffcv_io import convert
 
     c = resolve(cfg)
-    keys = (
-        "max_resolution",
-        "jpeg_quality",
-        "compress_probability",
-        "write_mode",
-        "page_size",
-        "num_workers",
-        "on_corrupt",
-    )
-    return convert(c["root"], c["dataset"], splits=splits, **{k: c[k] for k in keys})
+    return convert(c["root"], c["dataset"], splits=splits, **{k: c[k] for k in CONVERT_KEYS})
 
 
 def _common(p):
@@ -105,20 +100,7 @@ def _cfg(args):
         for k, v in vars(args).items()
         if v is not None
         and k
-        in (
-            "dataset",
-            "source",
-            "root",
-            "raw_dir",
-            "imagefolder",
-            "max_resolution",
-            "jpeg_quality",
-            "compress_probability",
-            "write_mode",
-            "page_size",
-            "num_workers",
-            "on_corrupt",
-        )
+        in ("dataset", "source", "root", "raw_dir", "imagefolder", *CONVERT_KEYS)
     }
     if "dataset" not in cfg and "source" in cfg and not base:
         cfg["dataset"] = cfg["source"]
