@@ -49,10 +49,19 @@ def provenance(params: dict, *, world_size: int, device: torch.device) -> dict:
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
-def write_json_atomic(path, obj) -> None:
-    """Write JSON to a temp file beside `path`, then rename: a reader never sees half a file."""
+def atomic_write(path, data: str | bytes) -> None:
+    """Write to a temp file beside `path`, then rename: a reader never sees half a file, and a killed writer
+    never leaves one under the final name for a rerun (or DVC, or Snakemake) to take for finished."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path, obj) -> None:
+    atomic_write(path, json.dumps(obj, indent=2) + "\n")

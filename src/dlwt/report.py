@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -28,29 +26,11 @@ import yaml
 
 from dlwt import figures
 from dlwt.figures import RULE_LABELS, arch_label
+from dlwt.provenance import atomic_write
 
 NO_WT = ("fa", "ss", "wm", "kp")  # rules without weight transport: the bold cell is the best of these
 WITHIN_POINTS = 2.0  # the paper: WM and KP come "within a point or two" of BP's top-1 error
 COLUMNS = ["arch", "rule", "seed", "epoch", "metric", "value"]
-
-
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)  # read once at import: os.umask can only be read by setting it
-
-
-def atomic_write(path: Path, data: str | bytes) -> None:
-    """Write to a temp file beside path, then rename: a killed report never leaves a half file that a rerun
-    (or DVC) would take for finished."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs are shared like any other file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def run_name(arch: str, rule: str, seed: int) -> str:

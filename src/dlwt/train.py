@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 import dlwt
 from dlwt.engine import NonFiniteLoss, evaluate, sgd, train_one_epoch
-from dlwt.provenance import provenance, write_json_atomic
+from dlwt.provenance import atomic_write, provenance, write_json_atomic
 
 
 def _recipe(params: dict) -> dict:
@@ -82,9 +82,7 @@ def save_atomic(obj, path: Path) -> None:
 
 
 def _write_metrics(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.replace(tmp, path)
+    atomic_write(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def train(params: dict, arch: str, rule: str, seed: int, out: Path) -> dict:
