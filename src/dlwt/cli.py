@@ -29,14 +29,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from dlwt.data import DataError
-    from dlwt.params import ParamsError
+    from dlwt.errors import DlwtError
 
     args = build_parser().parse_args(argv)
     try:
         result = args.func(args)
         return result if isinstance(result, int) else 0  # the data stages return what they wrote
-    except (DataError, ParamsError) as e:  # bad input: one line naming the thing and the fix
+    except DlwtError as e:  # bad input: one line naming the thing and the fix
         print(f"dlwt {args.stage}: {e}", file=sys.stderr)
         return 2
 

@@ -13,8 +13,10 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from dlwt.errors import DlwtError
 
-class ParamsError(ValueError):
+
+class ParamsError(DlwtError, ValueError):
     """params.yaml or an overlay is missing, malformed, or breaks the schema."""
 
 

@@ -9,9 +9,10 @@ import os
 
 from dlwt.data.config import resolve
 from dlwt.data.imagenet import ARCHIVES
+from dlwt.errors import DlwtError
 
 
-class PipelineError(RuntimeError):
+class PipelineError(DlwtError):
     """The pipeline cannot start; the message says what to do."""
 
 

@@ -11,7 +11,10 @@ FFCV is imported only by ffcv_io.py and the FFCV branch of loaders.py, so everyt
 """
 
 
-class DataError(Exception):
+from dlwt.errors import DlwtError
+
+
+class DataError(DlwtError):
     """Bad input to the data stage. The message is one line naming the file and the fix; the CLI prints it."""
 
 
