@@ -162,6 +162,23 @@ def test_sigterm_at_a_random_step_then_resume_gives_the_same_metrics(digits, tmp
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
+def test_progressive_resizing_resumes_at_the_right_resolution(digits, tmp_path):
+    import threading
+
+    params = digits_params(digits, epochs=3, log_every=1, check_every=1)
+    params["data"].update({"res": 16, "val_res": 16, "min_res": 8, "ramp": [0, 2]})
+    run = tmp_path / "run"
+    stopper = threading.Timer(3.0, os.kill, (os.getpid(), signal.SIGTERM))  # a preemption mid-run
+    stopper.start()
+    first = train(params, "resnet18", "bp", 0, run)
+    stopper.cancel()
+    assert first["status"] == "stopped" or first["status"] == "finished"
+    train(params, "resnet18", "bp", 0, run)
+    assert [r["res"] for r in read_metrics(run)] == [8, 16, 16]  # epoch 1 at min_res, the ramp, then res
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_one_writer_per_run_folder(digits, tmp_path):
     (tmp_path / "params.yaml").write_text(json.dumps(digits_params(digits, epochs=2)))
     first = subprocess.Popen(_command(tmp_path / "params.yaml", tmp_path / "run", "bp"), stdout=subprocess.DEVNULL,
