@@ -11,7 +11,7 @@ install:
 # the whole pipeline on scikit-learn's digits: results/demo/ and paper/demo/
 demo: install
 	snakemake --cores all --configfile config/demo.yaml
-	python -m dlwt.pipeline params.yaml config/demo.yaml
+	dlwt check-outputs --overlay config/demo.yaml
 
 # pytest exits 5 when it collects no tests: that is not a failure of the code under test
 test: install
@@ -20,7 +20,7 @@ test: install
 # CI's smoke run: synthetic ILSVRC-format archives through every stage
 smoke: install
 	snakemake --cores 2 --configfile config/ci.yaml --forceall
-	python -m dlwt.pipeline params.yaml config/ci.yaml
+	dlwt check-outputs --overlay config/ci.yaml
 
 lint: install
 	ruff check src tests bench

@@ -5,6 +5,9 @@
     dlwt train --params params.yaml --arch resnet18 --rule kp --seed 0 --out results/imagenet/runs/resnet18-kp-s0
     dlwt evaluate ... --checkpoint .../final.pt --out results/imagenet/eval/resnet18-kp-s0.json
     dlwt report --params params.yaml            # results/<exp>/summary.*, paper/<exp>/
+    dlwt params --overlay config/demo.yaml      # the merged, validated params (defaults filled in)
+    dlwt dag --check dvc.yaml                   # the pipeline's jobs; dvc.yaml generated from them (--write)
+    dlwt check-outputs --overlay config/ci.yaml # every output of the pipeline exists and is non-empty
     dlwt --help
 """
 from __future__ import annotations
@@ -14,7 +17,7 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from dlwt import demo, evaluate, report, train
+    from dlwt import dag, demo, evaluate, params, report, train
     from dlwt.data import stages
 
     parser = argparse.ArgumentParser(prog="dlwt", description="Deep Learning without Weight Transport",
@@ -25,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_subparser(sub)
     evaluate.add_subparser(sub)
     report.add_subparser(sub)
+    params.add_subparser(sub)
+    dag.add_subparser(sub)
+    dag.add_check_outputs_subparser(sub)
     return parser
 
 

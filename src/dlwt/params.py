@@ -1,12 +1,10 @@
 """Load params.yaml, deep-merge overlays over it, validate against params_schema.yaml.
 
-    python -m dlwt.params params.yaml config/demo.yaml     # prints the merged, validated params as JSON
+    dlwt params --params params.yaml --overlay config/demo.yaml     # prints the merged, validated params
 """
 from __future__ import annotations
 
 import copy
-import json
-import sys
 from importlib import resources
 from pathlib import Path
 
@@ -71,8 +69,8 @@ def load(path="params.yaml", overlays=()) -> dict:
     return validate(params, names)
 
 
-if __name__ == "__main__":
-    try:
-        print(json.dumps(load(sys.argv[1], sys.argv[2:]), indent=2))
-    except ParamsError as e:
-        sys.exit(f"dlwt: {e}")
+def add_subparser(sub) -> None:
+    p = sub.add_parser("params", help="print the merged, validated params (YAML) that every stage reads")
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--overlay", action="append", default=[], help="YAML deep-merged over --params (repeatable)")
+    p.set_defaults(func=lambda a: print(yaml.safe_dump(load(a.params, a.overlay), sort_keys=False), end="") or 0)

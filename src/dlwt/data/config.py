@@ -35,6 +35,8 @@ DATA_DEFAULTS = {
     "crop_ratio": 224 / 256,  # val: centre crop of ratio * shorter side (the usual resize-256/crop-224)
     "os_cache": True,  # FFCV: read the .beton through the page cache (False: FFCV's own cache)
     "seed": 0,  # data order (FFCV RANDOM order / DistributedSampler)
+    "min_res": None,  # progressive resizing: first epochs' train resolution (None: always res)
+    "ramp": (0, 0),  # progressive resizing: epochs [start, end] of the ramp to res
     # --- source=synthetic: tiny archives in the exact ILSVRC2012 layout ---------------------------
     "synthetic": {"classes": 3, "train_per_class": 4, "val_per_class": 2, "size": 64, "seed": 0},
     # --- source=digits: scikit-learn's bundled 8x8 digits as an ImageFolder ------------------------

@@ -11,7 +11,7 @@ data cfg; the work is in acquire_stage / extract_stage / convert_stage (which ta
 import json
 import os
 
-from dlwt.data import DataError
+from dlwt.data import DataError, acquired_path
 from dlwt.data.config import resolve
 
 # the data settings convert_stage passes to ffcv_io.convert (each also a `dlwt convert` flag)
@@ -25,7 +25,7 @@ def acquire_stage(cfg):
 
     c = resolve(cfg)
     found = _acquire(c)
-    write_json_atomic(os.path.join(c["root"], c["dataset"], "acquired.json"),
+    write_json_atomic(acquired_path(c["root"], c["dataset"]),
                       {"source": c["source"], "dataset": c["dataset"], "files": {k: str(v) for k, v in found.items()}})
     return found
 
