@@ -7,13 +7,25 @@
 # this file adds what only Snakemake has: threads, GPUs, logs, benchmarks, the container and the HTML report.
 import os
 import re
+import sys
 
 import dlwt.dag as dag
 from dlwt import layout
+from dlwt.errors import DlwtError
 from dlwt.params import validate
 
+
+def one_line(check, *args, **kwargs):
+    """Bad params at parse time: the one-line message and exit code 2, as the dlwt CLI (no traceback)."""
+    try:
+        return check(*args, **kwargs)
+    except DlwtError as e:
+        print(f"dlwt: {e}", file=sys.stderr)
+        os._exit(2)  # SystemExit would be caught and printed with a traceback by Snakemake
+
+
 configfile: "params.yaml"
-validate(config, "params.yaml + --configfile overlays")  # src/dlwt/params_schema.yaml: one line naming the key
+one_line(validate, config, "params.yaml + --configfile overlays")  # params_schema.yaml: names the key
 
 JOBS = {(j.stage, j.run): j for j in dag.jobs(config)}
 RUNS = layout.run_ids(config)
@@ -22,6 +34,12 @@ EXP, DATASET, IMAGE = config["exp"], config["data"]["dataset"], config["containe
 # commands name it only as $DLWT_PARAMS, so adding an overlay that changes nothing changes no command and
 # reruns nothing. Each rule's `params:` holds the values of the keys it reads: editing one reruns its jobs.
 os.environ["DLWT_PARAMS"] = dag.params_file(config)
+
+
+envvars:
+    "DLWT_PARAMS",  # passed on to cluster jobs by Snakemake
+
+
 PARAMS = '"$DLWT_PARAMS"'
 WORKERS = max(1, config["data"]["num_workers"])  # loader/convert workers (0 = in the main process: 1 CPU)
 CPU = config["train"]["device"] == "cpu"
@@ -57,6 +75,7 @@ wildcard_constraints:
 
 onstart:
     # no ImageNet archives, or --sdm apptainer without the image: stop before any job, saying what to do
+    # (raised, not one_line: Snakemake holds its locks here and must release them)
     dag.preflight(config, container_method="apptainer" in str(workflow.deployment_settings.deployment_method).lower())
 
 
