@@ -12,7 +12,7 @@ import sys
 import dlwt.dag as dag
 from dlwt import layout
 from dlwt.errors import DlwtError
-from dlwt.params import validate
+from dlwt.params import complete, validate
 
 
 def one_line(check, *args, **kwargs):
@@ -25,7 +25,8 @@ def one_line(check, *args, **kwargs):
 
 
 configfile: "params.yaml"
-one_line(validate, config, "params.yaml + --configfile overlays")  # params_schema.yaml: names the key
+config.update(complete(config))  # keys the files leave out take the defaults of src/dlwt/params_schema.yaml
+one_line(validate, config, "params.yaml + --configfile overlays")  # names the key and what it allows
 
 JOBS = {(j.stage, j.run): j for j in dag.jobs(config)}
 RUNS = layout.run_ids(config)

@@ -249,8 +249,10 @@ DVC_HEADER = """\
 """
 
 
-def dvc_stages(params: dict) -> dict:
-    """dvc.yaml's `stages:` mapping for params (keys absent from params are left out: DVC would reject them)."""
+def dvc_stages(params: dict, written: dict | None = None) -> dict:
+    """dvc.yaml's `stages:` mapping for params. `written`: the params file as written, before defaults are
+    filled in; keys it lacks are left out (DVC stops on a params key missing from params.yaml)."""
+    written = params if written is None else written
     exp = params["exp"]
     metrics, plots = str(layout.exp_dir(exp) / "summary.json"), str(layout.exp_dir(exp) / "curves.csv")
     stages = {}
@@ -262,7 +264,7 @@ def dvc_stages(params: dict) -> dict:
             cached = j.stage == "train" and path.endswith(".pt")  # checkpoints: `dvc push` backs them up
             outs.append(path if cached else {path: {"cache": False}})
         stage = {"cmd": j.command("params.yaml"), "deps": [*j.deps, *j.code],
-                 "params": [k for k in j.keys if _get(params, k, _ABSENT) is not _ABSENT], "outs": outs}
+                 "params": [k for k in j.keys if _get(written, k, _ABSENT) is not _ABSENT], "outs": outs}
         if j.stage == "report":
             stage["metrics"] = [{metrics: {"cache": False}}]
             stage["plots"] = [{plots: {"cache": False, "x": "epoch", "y": "val_top1_err", "template": "linear"}}]
@@ -270,28 +272,28 @@ def dvc_stages(params: dict) -> dict:
     return stages
 
 
-def dvc_yaml(params: dict) -> str:
+def dvc_yaml(params: dict, written: dict | None = None) -> str:
     import yaml
 
-    return DVC_HEADER + yaml.safe_dump({"stages": dvc_stages(params)}, sort_keys=False, width=116,
+    return DVC_HEADER + yaml.safe_dump({"stages": dvc_stages(params, written)}, sort_keys=False, width=116,
                                        default_flow_style=None)
 
 
 def main(args) -> int:
-    from dlwt.params import load
+    from dlwt.params import load, read_merged
 
-    params = load(args.params, args.overlay)
+    params, written = load(args.params, args.overlay), read_merged(args.params, args.overlay)
     if args.write:
         from dlwt.provenance import atomic_write
 
-        atomic_write(args.write, dvc_yaml(params))
+        atomic_write(args.write, dvc_yaml(params, written))
         print(f"dlwt dag: wrote {args.write} ({len(jobs(params))} stages)")
     elif args.check:
         try:
             current = open(args.check).read()
         except OSError as e:
             raise DlwtError(f"{args.check}: cannot read ({e.strerror}); run `dlwt dag --write {args.check}`") from None
-        if current != dvc_yaml(params):
+        if current != dvc_yaml(params, written):
             raise DlwtError(f"{args.check} is not what {args.params} generates: run `dlwt dag --write {args.check}` "
                             "and commit it")
         print(f"dlwt dag: {args.check} is up to date")

@@ -1,10 +1,13 @@
-"""Load params.yaml, deep-merge overlays over it, validate against params_schema.yaml.
+"""Load params.yaml, deep-merge overlays over it, fill what they leave out with the schema's defaults, validate.
+params_schema.yaml declares every setting once (type, default, why); `defaults()` is the one place code reads
+a default from.
 
     dlwt params --params params.yaml --overlay config/demo.yaml     # prints the merged, validated params
 """
 from __future__ import annotations
 
 import copy
+import functools
 from importlib import resources
 from pathlib import Path
 
@@ -18,8 +21,47 @@ class ParamsError(DlwtError, ValueError):
     """params.yaml or an overlay is missing, malformed, or breaks the schema."""
 
 
-def schema() -> dict:
+@functools.lru_cache(maxsize=1)
+def _schema() -> dict:
     return yaml.safe_load(resources.files("dlwt").joinpath("params_schema.yaml").read_text())
+
+
+def schema() -> dict:
+    return copy.deepcopy(_schema())
+
+
+def _fill(node: dict, value):
+    """value with every key the schema node gives a default filled in (value itself when it is not a dict)."""
+    props = node.get("properties")
+    if not props or not isinstance(value, dict):
+        return value
+    out = dict(value)
+    for key, sub in props.items():
+        if key in out:
+            out[key] = _fill(sub, out[key])
+        elif "default" in sub:
+            out[key] = copy.deepcopy(sub["default"])
+        elif sub.get("properties") and not sub.get("required"):  # a section whose keys all have defaults
+            out[key] = _fill(sub, {})
+    return out
+
+
+def complete(params: dict) -> dict:
+    """params with every key it leaves out set to the schema's default (a copy)."""
+    return _fill(_schema(), copy.deepcopy(params))
+
+
+def defaults(section: str) -> dict:
+    """The schema's defaults of one section, e.g. defaults("data"): what the library uses without params."""
+    return _fill(_schema()["properties"][section], {})
+
+
+def choices(dotted: str) -> list:
+    """The allowed values of an enum setting, e.g. choices("data.source") (for CLI flags)."""
+    node = _schema()
+    for part in dotted.split("."):
+        node = node["properties"][part]
+    return list(node["enum"])
 
 
 def deep_merge(base: dict, over: dict) -> dict:
@@ -60,13 +102,19 @@ def validate(params: dict, source: str = "params") -> dict:
     raise ParamsError(f"{source}: {where}: {error.message}")
 
 
-def load(path="params.yaml", overlays=()) -> dict:
-    """params.yaml with each overlay deep-merged over it in order, validated."""
+def read_merged(path="params.yaml", overlays=()) -> dict:
+    """params.yaml with each overlay deep-merged over it in order, as written (no defaults, not validated)."""
     params = _read(path)
     for overlay in overlays:
         params = deep_merge(params, _read(overlay))
+    return params
+
+
+def load(path="params.yaml", overlays=()) -> dict:
+    """params.yaml with each overlay deep-merged over it in order, defaults filled in, validated."""
+    params = read_merged(path, overlays)
     names = " + ".join(str(p) for p in (path, *overlays))
-    return validate(params, names)
+    return validate(complete(params), names)
 
 
 def add_subparser(sub) -> None:
