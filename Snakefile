@@ -147,8 +147,9 @@ rule train:
     params:
         deps=keys("train"),
         cmd=command("train"),
-    # loader workers for each of train.gpus ranks (dlwt train caps them at the CPUs SLURM gives it)
-    threads: min(WORKERS * config["train"]["gpus"], workflow.cores or WORKERS * config["train"]["gpus"])
+    # loader workers for each of train.gpus ranks; Snakemake caps threads at --cores (a cluster: --max-threads),
+    # and dlwt train caps its workers at the CPUs the job may use
+    threads: WORKERS * config["train"]["gpus"]
     resources:
         gpu=0 if CPU else config["train"]["gpus"],
     log:
