@@ -105,6 +105,19 @@ def test_dependencies_are_the_keys_each_stage_reads(ci):
     assert dag.pick({}, ["train.lr"]) == {"train.lr": None}  # an older checkpoint's params without the key
 
 
+def test_a_train_run_restarts_exactly_when_one_of_its_keys_changed(ci):
+    def edit(section, key, value):
+        return {**ci, section: {**ci[section], key: value}}
+
+    assert dag.changed_keys(ci, edit("mirror", "lr", 0.5), "wm") == ["mirror.lr"]
+    assert dag.changed_keys(ci, edit("mirror", "lr", 0.5), "bp") == []
+    assert dag.changed_keys(ci, edit("data", "batch_size", 8), "bp") == ["data.batch_size"]
+    assert dag.changed_keys(ci, edit("data", "num_workers", 7), "wm") == []  # operational
+    assert dag.changed_keys(ci, edit("train", "grad_batch", 7), "wm") == []  # evaluation only
+    older = {**ci, "data": {k: v for k, v in ci["data"].items() if k != "min_res"}}
+    assert dag.changed_keys(older, ci, "bp") == []  # a key added since, at its null default
+
+
 def schema_leaves(node, prefix=""):
     props = node.get("properties")
     if not props:
@@ -178,6 +191,17 @@ def test_snakemake_stops_at_once_without_imagenet_archives(tmp_path):
     assert "Traceback" not in text
     assert not (tmp_path / "data").exists() and not (tmp_path / "results").exists()
     assert sh([BIN / "snakemake", "--cores", "1"], tmp_path, check=False).returncode == proc.returncode  # no lock left
+
+
+def test_snakemake_stops_before_any_job_when_apptainer_has_no_image(ci_repo, tmp_path):
+    fake = tmp_path / "apptainer"
+    fake.write_text("#!/bin/sh\necho 'apptainer version 1.3.4'\n")
+    fake.chmod(0o755)
+    env = {**ENV, "PATH": f"{tmp_path}{os.pathsep}{ENV['PATH']}"}
+    proc = subprocess.run([BIN / "snakemake", "--cores", "1", "--sdm", "apptainer"], cwd=ci_repo, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "container image dlwt.sif not found" in proc.stdout + proc.stderr
+    assert not (ci_repo / "data").exists()
 
 
 def test_preflight_accepts_archives_given_by_url(tmp_path):

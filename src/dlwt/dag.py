@@ -94,6 +94,14 @@ def train_keys(params: dict, rule: str) -> list[str]:
     return expand(params, TRAIN_KEYS + (WM_KEYS if rule == "wm" else ()))
 
 
+def changed_keys(old: dict, new: dict, rule: str) -> list[str]:
+    """The keys of a train run of `rule` whose values differ between two params (e.g. a checkpoint's and the
+    current ones): `dlwt train` restarts when this is not empty and names them, and resumes otherwise."""
+    keys = list(dict.fromkeys(train_keys(old, rule) + train_keys(new, rule)))
+    before, after = pick(old, keys), pick(new, keys)
+    return [k for k in keys if before[k] != after[k]]
+
+
 def stage_keys(params: dict, stage: str, rule: str | None = None) -> list[str]:
     """The dotted keys one job of `stage` reads (train: of that rule)."""
     source = params["data"]["source"]
