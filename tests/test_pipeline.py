@@ -236,3 +236,25 @@ def test_report_outputs_are_the_layouts(ci):
     assert str(layout.exp_dir("ci") / "summary.json") in outs
     assert {Path(o).name for o in outs if "/figures/" in o} == \
         {f"{s}.{f}" for s in layout.figure_stems(ci) for f in ("pdf", "png")}
+
+
+def test_a_core_install_runs_the_stages_and_names_the_report_extra(tmp_path):
+    """Without pandas, matplotlib and seaborn (the report extra) every other stage runs; `dlwt report` says what
+    to install, in one line."""
+    code = f"""
+import sys
+for name in ("pandas", "matplotlib", "seaborn"):
+    sys.modules[name] = None  # import fails, as in an install without the extra
+from dlwt.cli import main
+root = {str(tmp_path)!r}
+assert main(["params", "--overlay", "config/ci.yaml"]) == 0
+assert main(["dag", "--overlay", "config/ci.yaml"]) == 0
+for stage in ("acquire", "extract"):
+    assert main([stage, "--source", "synthetic", "--dataset", "s", "--root", root]) == 0
+sys.exit(main(["report", "--params", "params.yaml"]))
+"""
+    proc = sh([sys.executable, "-c", code], REPO, check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == \
+        "dlwt report: needs the report extra (pandas is not installed): pip install 'dlwt[report]'"
+    assert (tmp_path / "s" / "images" / "classes.json").is_file()

@@ -152,3 +152,12 @@ def test_finished_pipeline_wrote_every_output_and_the_benchmarks(finished):
         os.chdir(here)
     assert {p.name for p in (repo / "logs" / "ci" / "benchmarks" / "train").iterdir()} == \
         {f"{run}.tsv" for run in layout.run_ids(params)}
+
+
+def test_snakemakes_html_report_holds_table_1_the_verdicts_and_the_figures(finished):
+    repo, params = finished
+    proc = sh([BIN / "snakemake", "--report", "report.html"], repo)
+    added = set(re.findall(r"Adding (\S+) \(", proc.stdout + proc.stderr))
+    assert {"table1.md", "README.md", "summary.csv"} <= added
+    assert {f"{stem}.png" for stem in layout.figure_stems(params)} <= added
+    assert (repo / "report.html").stat().st_size > 100_000

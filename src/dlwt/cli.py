@@ -17,7 +17,7 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from dlwt import dag, demo, evaluate, params, report, train
+    from dlwt import dag, demo, evaluate, params, train
     from dlwt.data import stages
 
     parser = argparse.ArgumentParser(prog="dlwt", description="Deep Learning without Weight Transport",
@@ -27,11 +27,32 @@ def build_parser() -> argparse.ArgumentParser:
     stages.add_subparsers(sub)
     train.add_subparser(sub)
     evaluate.add_subparser(sub)
-    report.add_subparser(sub)
+    _add_report(sub)
     params.add_subparser(sub)
     dag.add_subparser(sub)
     dag.add_check_outputs_subparser(sub)
     return parser
+
+
+def _add_report(sub) -> None:
+    """`dlwt report`, or without the report extra (pandas, matplotlib, seaborn) a stub that says how to get it:
+    a core install (`pip install dlwt`) runs every other stage."""
+    try:
+        from dlwt import report
+    except ImportError as e:
+        from dlwt.errors import DlwtError
+
+        missing = e.name
+
+        def need_extra(args):
+            raise DlwtError(f"needs the report extra ({missing} is not installed): pip install 'dlwt[report]'")
+
+        p = sub.add_parser("report", help="Table 1, figures and README (needs the report extra)")
+        for flag in ("--params", "--overlay", "--results", "--paper"):  # accepted, so the error is the one below
+            p.add_argument(flag, action="append")
+        p.set_defaults(func=need_extra)
+        return
+    report.add_subparser(sub)
 
 
 def main(argv=None) -> int:
