@@ -314,10 +314,11 @@ def main(args) -> int:
 def add_subparser(sub) -> None:
     import argparse
 
+    from dlwt.params import add_arguments
+
     p = sub.add_parser("dag", help="the pipeline's jobs and their params keys; write or check dvc.yaml",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--params", default="params.yaml")
-    p.add_argument("--overlay", action="append", default=[], help="YAML deep-merged over --params (repeatable)")
+    add_arguments(p)
     what = p.add_mutually_exclusive_group()
     what.add_argument("--write", metavar="DVC_YAML", help="write the DVC pipeline for --params here")
     what.add_argument("--check", metavar="DVC_YAML", help="exit 2 unless this file is what --write would write")
@@ -325,9 +326,10 @@ def add_subparser(sub) -> None:
 
 
 def add_check_outputs_subparser(sub) -> None:
+    from dlwt.params import add_arguments
+
     p = sub.add_parser("check-outputs", help="exit 2 unless every output of the pipeline exists and is non-empty")
-    p.add_argument("--params", default="params.yaml")
-    p.add_argument("--overlay", action="append", default=[], help="YAML deep-merged over --params (repeatable)")
+    add_arguments(p)
 
     def run(args) -> int:
         from dlwt.params import load

@@ -117,8 +117,13 @@ def load(path="params.yaml", overlays=()) -> dict:
     return validate(complete(params), names)
 
 
+def add_arguments(p) -> None:
+    """--params and --overlay: how every `dlwt` subcommand is told its params."""
+    p.add_argument("--params", default="params.yaml", help="the experiment's params file")
+    p.add_argument("--overlay", action="append", default=[], help="YAML deep-merged over --params (repeatable)")
+
+
 def add_subparser(sub) -> None:
     p = sub.add_parser("params", help="print the merged, validated params (YAML) that every stage reads")
-    p.add_argument("--params", default="params.yaml")
-    p.add_argument("--overlay", action="append", default=[], help="YAML deep-merged over --params (repeatable)")
+    add_arguments(p)
     p.set_defaults(func=lambda a: print(yaml.safe_dump(load(a.params, a.overlay), sort_keys=False), end="") or 0)
