@@ -70,6 +70,9 @@ def reported(path):
     return path
 
 
+report: "paper/report.rst"  # the first page of `snakemake --report report.html`
+
+
 wildcard_constraints:
     run="|".join(re.escape(r) for r in RUNS),
 

@@ -41,7 +41,7 @@ def ci():
 def ci_repo(tmp_path_factory, ci):
     """A copy of the pipeline files whose params.yaml is params.yaml + config/ci.yaml (and dvc.yaml generated)."""
     repo = tmp_path_factory.mktemp("repo")
-    for name in ("Snakefile", "src", "paper/published.yaml"):
+    for name in ("Snakefile", "src", "paper/published.yaml", "paper/report.rst"):
         src, dst = REPO / name, repo / name
         dst.parent.mkdir(parents=True, exist_ok=True)
         (shutil.copytree if src.is_dir() else shutil.copy)(src, dst)
@@ -181,7 +181,7 @@ def test_snakemake_lint_is_clean():
 
 
 def test_snakemake_stops_at_once_without_imagenet_archives(tmp_path):
-    for name in ("Snakefile", "params.yaml", "paper/published.yaml"):
+    for name in ("Snakefile", "params.yaml", "paper/published.yaml", "paper/report.rst"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / name, tmp_path / name)
     proc = sh([BIN / "snakemake", "--cores", "1"], tmp_path, check=False)

@@ -33,7 +33,7 @@ def repo(tmp_path_factory):
     """The pipeline files with params.yaml = params.yaml + config/ci.yaml + 2 GPUs per train job, and a stand-in
     `apptainer` on PATH (the SLURM profile runs jobs in the image; a dry run only asks for its version)."""
     repo = tmp_path_factory.mktemp("profiles")
-    for name in ("Snakefile", "profiles", "paper/published.yaml"):
+    for name in ("Snakefile", "profiles", "paper/published.yaml", "paper/report.rst"):
         (repo / name).parent.mkdir(parents=True, exist_ok=True)
         (shutil.copytree if (ROOT / name).is_dir() else shutil.copy)(ROOT / name, repo / name)
     params = load(ROOT / "params.yaml", [ROOT / "config" / "ci.yaml"])

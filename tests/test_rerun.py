@@ -45,7 +45,7 @@ def sh(args, cwd, check=True):
 def finished(tmp_path_factory):
     """A scratch repository after a real, complete pipeline run on the ci settings, known to both runners."""
     repo = tmp_path_factory.mktemp("finished")
-    for name in ("Snakefile", "src", "paper/published.yaml"):
+    for name in ("Snakefile", "src", "paper/published.yaml", "paper/report.rst"):
         src, dst = REPO / name, repo / name
         dst.parent.mkdir(parents=True, exist_ok=True)
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst, **({"ignore": shutil.ignore_patterns(
