@@ -30,6 +30,7 @@ import dlwt
 from dlwt import ddp, devices, layout
 from dlwt.engine import EpochState, NonFiniteLoss, evaluate, sgd, train_one_epoch
 from dlwt.errors import DlwtError
+from dlwt.live import LiveLog
 from dlwt.progress import Progress
 from dlwt.provenance import atomic_write, provenance, write_json_atomic
 
@@ -229,6 +230,7 @@ def train(params: dict, arch: str, rule: str, seed: int, out: Path, *, restart: 
                      "settings": settings, "run_info": run_info, "stem": params["model"]["stem"],
                      "num_classes": train_loader.num_classes}, run.last)
 
+    live = LiveLog(run.out / "dvclive", enabled=rank == 0, resume=ckpt is not None)
     stop = StopSignal()
     stopped = None
     try:
@@ -244,8 +246,10 @@ def train(params: dict, arch: str, rule: str, seed: int, out: Path, *, restart: 
             def on_sync(state, last, epoch=epoch, bar=bar):
                 nonlocal last_save, stopped
                 if rank == 0 and (state.step - bar.n >= tcfg["log_every"] or last):
-                    bar.update(state.step - bar.n, loss=float(state.loss_sum) / max(state.seen, 1),
-                               img_s=state.seen / max(state.seconds, 1e-9), lr=sched.get_last_lr()[0])
+                    now = {"loss": float(state.loss_sum) / max(state.seen, 1), "lr": sched.get_last_lr()[0],
+                           "images_per_s": state.seen * world / max(state.seconds, 1e-9)}
+                    bar.update(state.step - bar.n, **now)
+                    live.progress(epoch * len(train_loader) + state.step, **now)
                 flag = torch.tensor([0.0 if stop.signum is None else float(stop.signum)], device=dev.torch)
                 if world > 1:
                     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
@@ -286,11 +290,13 @@ def train(params: dict, arch: str, rule: str, seed: int, out: Path, *, restart: 
             if rank == 0:
                 atomic_write(run.metrics, "".join(json.dumps(r) + "\n" for r in rows))
                 checkpoint(epoch + 1, None)
+                live.epoch((epoch + 1) * len(train_loader), row)
                 print(f"{name} epoch {epoch + 1}/{tcfg['epochs']}: train loss {row['train_loss']:.4f}, val top-1 "
                       f"err {row['val_top1_err']:.4f}, top-5 err {row['val_top5_err']:.4f}, "
                       f"{row['images_per_s']:.0f} img/s", flush=True)
     finally:
         stop.restore()
+        live.close()
     if stopped:
         if rank == 0:
             print(f"dlwt train: {name} stopped by {signal.Signals(stopped).name} at a mid-epoch checkpoint "
