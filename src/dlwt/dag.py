@@ -123,6 +123,9 @@ class Job:
     keys: list[str]                # params keys it reads
     run: str | None = None         # <arch>-<rule>-s<seed> for train and evaluate
     code: tuple = field(default=())
+    # live records (DVCLive) the job appends to across a resume: DVC shows them as metrics and plots (persist: a
+    # rerun keeps them); Snakemake is not told, since it deletes a job's declared outputs before running it
+    live: dict = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -160,7 +163,8 @@ def jobs(params: dict) -> list[Job]:
         who = ["--arch", arch, "--rule", rule, "--seed", str(seed)]
         out.append(Job("train", ["dlwt", "train", "--params", "{params}", *who, "--out", str(r.out)],
                        [p["train_beton"], p["val_beton"]], [str(r.final), str(r.metrics), str(r.config)],
-                       stage_keys(params, "train", rule), run))
+                       stage_keys(params, "train", rule), run,
+                       live={"metrics": str(r.live / "metrics.json"), "plots": str(r.live / "plots" / "metrics")}))
         out.append(Job("evaluate", ["dlwt", "evaluate", "--params", "{params}", *who, "--checkpoint", str(r.final),
                                     "--out", str(layout.eval_path(exp, run))],
                        [p["val_beton"], str(r.final)], [str(layout.eval_path(exp, run))],
@@ -273,6 +277,9 @@ def dvc_stages(params: dict, written: dict | None = None) -> dict:
             outs.append(path if cached else {path: {"cache": False}})
         stage = {"cmd": j.command("params.yaml"), "deps": [*j.deps, *j.code],
                  "params": [k for k in j.keys if _get(written, k, _ABSENT) is not _ABSENT], "outs": outs}
+        if j.live:
+            stage["metrics"] = [{j.live["metrics"]: {"cache": False, "persist": True}}]
+            stage["plots"] = [{j.live["plots"]: {"cache": False, "persist": True, "x": "step"}}]
         if j.stage == "report":
             stage["metrics"] = [{metrics: {"cache": False}}]
             stage["plots"] = [{plots: {"cache": False, "x": "epoch", "y": "val_top1_err", "template": "linear"}}]

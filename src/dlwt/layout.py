@@ -88,3 +88,4 @@ class Run:
         self.last = self.checkpoints / "last.pt"       # the resume point (model, optimiser, RNG, position)
         self.final = self.checkpoints / "final.pt"     # written last: the run finished
         self.lock = self.out / ".lock"                 # held by the one `dlwt train` writing here
+        self.live = self.out / "dvclive"               # DVCLive: metrics.json (latest) and plots/metrics/**.tsv
