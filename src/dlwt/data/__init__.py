@@ -18,6 +18,13 @@ class DataError(DlwtError):
     """Bad input to the data stage. The message is one line naming the file and the fix; the CLI prints it."""
 
 
+def acquired_path(root, dataset):
+    """data/<dataset>/acquired.json: what acquire found (the acquire stage's output in the DAG)."""
+    import os
+
+    return os.path.join(root, dataset, "acquired.json")
+
+
 def images_dir(root, dataset):
     """data/<dataset>/images: the ImageFolder tree ({train,val}/<class>/*) and classes.json."""
     import os

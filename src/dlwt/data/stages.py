@@ -11,8 +11,9 @@ data cfg; the work is in acquire_stage / extract_stage / convert_stage (which ta
 import json
 import os
 
-from dlwt.data import DataError
+from dlwt.data import DataError, acquired_path
 from dlwt.data.config import resolve
+from dlwt.params import choices
 
 # the data settings convert_stage passes to ffcv_io.convert (each also a `dlwt convert` flag)
 CONVERT_KEYS = ("max_resolution", "jpeg_quality", "compress_probability", "write_mode", "page_size",
@@ -25,7 +26,7 @@ def acquire_stage(cfg):
 
     c = resolve(cfg)
     found = _acquire(c)
-    write_json_atomic(os.path.join(c["root"], c["dataset"], "acquired.json"),
+    write_json_atomic(acquired_path(c["root"], c["dataset"]),
                       {"source": c["source"], "dataset": c["dataset"], "files": {k: str(v) for k, v in found.items()}})
     return found
 
@@ -82,7 +83,7 @@ def _common(p):
     p.add_argument("--params", help="params.yaml: its data section is the starting point (flags override it)")
     p.add_argument("--overlay", action="append", default=[], help="YAML deep-merged over --params (repeatable)")
     p.add_argument("--dataset", help="folder name under --root (default: the source's name)")
-    p.add_argument("--source", choices=["imagenet", "synthetic", "digits", "imagefolder"])
+    p.add_argument("--source", choices=choices("data.source"))
     p.add_argument("--root", help="data root (default: data)")
     p.add_argument("--raw-dir", dest="raw_dir", help="archives folder (default: <root>/raw/<dataset>)")
 
@@ -136,7 +137,7 @@ def add_subparsers(subparsers):
     p.add_argument("--imagefolder", help="source=imagefolder: tree with train/ and val/")
     p.add_argument("--size", type=int, help="digits: image side in pixels")
     p.add_argument("--seed", type=int, help="digits: split seed")
-    p.add_argument("--format", choices=["png", "jpeg"], help="digits: image format")
+    p.add_argument("--format", choices=choices("data.digits.format"), help="digits: image format")
     p.set_defaults(func=lambda a: extract_stage(_cfg(a)))
 
     p = subparsers.add_parser("convert", help="ImageFolder -> data/<dataset>/ffcv/{train,val}.beton")
@@ -145,9 +146,9 @@ def add_subparsers(subparsers):
     p.add_argument("--max-resolution", dest="max_resolution", type=int)
     p.add_argument("--jpeg-quality", dest="jpeg_quality", type=int)
     p.add_argument("--compress-probability", dest="compress_probability", type=float)
-    p.add_argument("--write-mode", dest="write_mode", choices=["raw", "jpg", "smart", "proportion"])
+    p.add_argument("--write-mode", dest="write_mode", choices=choices("data.write_mode"))
     p.add_argument("--page-size", dest="page_size", type=int)
     p.add_argument("--num-workers", dest="num_workers", type=int)
-    p.add_argument("--on-corrupt", dest="on_corrupt", choices=["skip", "fail"])
+    p.add_argument("--on-corrupt", dest="on_corrupt", choices=choices("data.on_corrupt"))
     p.set_defaults(func=lambda a: convert_stage(_cfg(a), splits=tuple(a.split or ("train", "val"))))
     return subparsers
