@@ -25,7 +25,7 @@ STAGES = ("acquire", "extract", "convert", "train", "evaluate", "report")
 # Settings that change how fast or where a job runs, never what it writes: editing them reruns nothing, and
 # `dlwt train` resumes across them. tests/test_dag.py checks that every key of the schema is either read by a
 # stage below or listed here, so a new key must be placed on one side.
-OPERATIONAL = ("container", "data.num_workers", "data.os_cache", "train.device", "train.gpus",
+OPERATIONAL = ("container", "data.num_workers", "data.os_cache", "train.device",
                "train.check_every", "train.checkpoint_minutes", "train.log_every")
 
 # acquire and extract read the section of the chosen source only (editing data.digits does not redo ImageNet).
@@ -41,7 +41,8 @@ VAL_LOADER_KEYS = ("data.backend", "data.batch_size", "data.res", "data.val_res"
 TRAIN_KEYS = (*VAL_LOADER_KEYS, "data.train_crop_scale", "data.train_flip", "data.seed", "data.min_res", "data.ramp",
               "train.epochs", "train.lr", "train.lr_batch", "train.momentum", "train.nesterov", "train.weight_decay",
               "train.schedule", "train.milestones", "train.gamma", "train.warmup_epochs", "train.label_smoothing",
-              "train.amp", "train.channels_last", "train.compile", "train.align_batch")
+              "train.amp", "train.channels_last", "train.compile", "train.align_batch",
+              "train.gpus")  # gpus x data.batch_size is the global batch: the lr and the steps per epoch follow it
 WM_KEYS = ("mirror",)  # the weight mirror runs in wm's training only
 EVALUATE_KEYS = (*VAL_LOADER_KEYS, "train.amp", "train.grad_batch")
 REPORT_KEYS = ("exp", "data.dataset", "model.archs", "model.rules", "model.seeds", "report")

@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 
 import dlwt
-from dlwt import ddp, devices, layout
+from dlwt import dag, ddp, devices, layout
 from dlwt.engine import EpochState, NonFiniteLoss, evaluate, sgd, train_one_epoch
 from dlwt.errors import DlwtError
 from dlwt.live import LiveLog
@@ -35,34 +35,6 @@ from dlwt.progress import Progress
 from dlwt.provenance import atomic_write, provenance, write_json_atomic
 
 FORMAT = "dlwt-checkpoint-2"
-# Settings that say where and how fast a run goes, not what it computes: editing them neither reruns nor restarts.
-OPERATIONAL = {"data": ("num_workers", "os_cache", "root", "raw_dir", "urls", "imagefolder", "synthetic", "digits"),
-               "train": ("grad_batch", "check_every", "checkpoint_minutes", "log_every", "device")}
-
-
-def run_settings(params: dict, rule: str) -> dict:
-    """What a train run of `rule` computes with: data loading and recipe, the stem, mirror.* for wm only."""
-    keep = {s: {k: v for k, v in params[s].items() if k not in OPERATIONAL.get(s, ())} for s in ("data", "train")}
-    keep["data"] = {k: v for k, v in keep["data"].items()
-                    if k not in ("max_resolution", "jpeg_quality", "compress_probability", "write_mode",
-                                 "page_size", "on_corrupt", "source", "dataset")}
-    keep["model.stem"] = params["model"]["stem"]
-    if rule == "wm":
-        keep["mirror"] = params["mirror"]
-    return keep
-
-
-def changed_key(old: dict, new: dict, prefix: str = "") -> str | None:
-    """The first dotted key whose value differs between two settings dicts, or None."""
-    for k in sorted(set(old) | set(new)):
-        a, b = old.get(k), new.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            found = changed_key(a, b, f"{prefix}{k}.")
-            if found:
-                return found
-        elif a != b:
-            return f"{prefix}{k}"
-    return None
 
 
 def lr_lambda(train_cfg: dict, steps_per_epoch: int):
@@ -162,17 +134,16 @@ def train(params: dict, arch: str, rule: str, seed: int, out: Path, *, restart: 
     tcfg, mcfg, dcfg = params["train"], params["mirror"], params["data"]
     rank, world, dev = ddp.setup(tcfg)
     lock = lock_run(run) if rank == 0 else None
-    settings = run_settings(params, rule)
     ckpt = load_checkpoint(run.last)
     if ckpt is not None and (ckpt["arch"], ckpt["rule"], ckpt["seed"]) != (arch, rule, seed):
         raise DlwtError(f"{run.last} is {layout.run_id(ckpt['arch'], ckpt['rule'], ckpt['seed'])}, not "
                         f"{layout.run_id(arch, rule, seed)}: use another --out, or move it away")
-    key = None if ckpt is None else changed_key(ckpt["settings"], settings)
-    if ckpt is not None and (key or restart):
+    keys = [] if ckpt is None else dag.changed_keys(ckpt["params"], params, rule)  # the DAG's own key set
+    if ckpt is not None and (keys or restart):
         stale = run.last.with_name(f"last-stale-{int(time.time())}.pt")
         if rank == 0:
             os.replace(run.last, stale)
-            why = f"setting {key} changed" if key else "--restart"
+            why = f"setting {', '.join(keys)} changed" if keys else "--restart"
             print(f"dlwt train: {why}; moved {run.last.name} to {stale.name} and starting afresh", file=sys.stderr)
         ckpt = None
     finished = ckpt is not None and ckpt["epoch"] >= tcfg["epochs"] and not ckpt.get("step")
@@ -227,7 +198,7 @@ def train(params: dict, arch: str, rule: str, seed: int, out: Path, *, restart: 
                      "step": state.step if state else 0, "epoch_state": state.as_dict() if state else None,
                      "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                      "mirror_rng": mirror_gen.get_state() if rule == "wm" else None, "metrics": rows,
-                     "settings": settings, "run_info": run_info, "stem": params["model"]["stem"],
+                     "params": params, "run_info": run_info, "stem": params["model"]["stem"],
                      "num_classes": train_loader.num_classes}, run.last)
 
     live = LiveLog(run.out / "dvclive", enabled=rank == 0, resume=ckpt is not None)
@@ -313,7 +284,7 @@ def train(params: dict, arch: str, rule: str, seed: int, out: Path, *, restart: 
 
 def _write_final(ckpt: dict, run: layout.Run) -> None:
     """final.pt: what evaluation and users need (weights with B, metadata), not the optimiser's state."""
-    keep = ("format", "arch", "rule", "seed", "epoch", "model", "metrics", "settings", "run_info", "stem",
+    keep = ("format", "arch", "rule", "seed", "epoch", "model", "metrics", "params", "run_info", "stem",
             "num_classes")
     save_atomic({k: ckpt[k] for k in keep}, run.final)
 
