@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import pickle
 import re
-import zipfile
+import warnings
 from pathlib import Path
 
 from dlwt.errors import DlwtError
@@ -36,14 +36,17 @@ def read(path, *, fix: str = DEFAULT_FIX):
     if path.stat().st_size == 0:
         raise DlwtError(f"{path}: empty file (0 bytes, a write that never finished?); {fix}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # "Detected pickle protocol 4": noise on a file we refuse anyway
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         # weights_only refused a global (a class or function the file wants built): foreign or malicious
         what = re.search(r"GLOBAL ([\w.]+)", str(e))
         raise DlwtError(f"{path}: refused to load: it names Python objects other than tensors and plain "
                         f"data{f' ({what[1]})' if what else ''}, which could run code; {fix}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    except Exception as e:  # noqa: BLE001  (a foreign file fails in many ways; weights_only ran no code)
+        first = str(e).strip().splitlines()[0].split(". ")[0] if str(e).strip() else ""
+        first = first if isinstance(e, RuntimeError) else f"{type(e).__name__} {first}".strip()
         raise DlwtError(f"{path}: not a readable torch file (truncated or another format: {first[:120]}); "
                         f"{fix}") from None
 
@@ -73,11 +76,13 @@ def _is_state_dict(obj) -> bool:
 
 
 def load_weights(path, *, fix: str = DEFAULT_FIX) -> tuple[dict, dict]:
-    """(state dict, meta) from a dlwt checkpoint (meta: its arch/rule/seed/epoch) or from a plain state dict
+    """(state dict, meta) from a dlwt checkpoint (meta: its arch/rule/seed/epoch and stem) or from a plain state dict
     such as torchvision's pretrained files or `torch.save(model.state_dict(), ...)` (meta: {})."""
     obj = read(path, fix=fix)
     if isinstance(obj, dict) and all(k in obj for k in KEYS) and _is_state_dict(obj["model"]):
-        return obj["model"], {k: obj[k] for k in ("arch", "rule", "seed", "epoch")}
+        meta = {k: obj[k] for k in ("arch", "rule", "seed", "epoch")}
+        stem = ((obj.get("params") or {}).get("model") or {}).get("stem")
+        return obj["model"], {**meta, **({"stem": stem} if stem else {})}
     for key in ("state_dict", "model"):  # common wrappers ({"state_dict": ...} from other trainers)
         if isinstance(obj, dict) and _is_state_dict(obj.get(key)):
             return obj[key], {}
