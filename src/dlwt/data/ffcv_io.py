@@ -6,8 +6,10 @@
 Every image is decoded once first (imagefolder.verify): a corrupt JPEG is skipped and counted, or stops
 the run, as data.on_corrupt says. (It must not reach FFCV's writer: a worker that raises there leaves the
 parent waiting forever.) The .beton is written under a temporary name and renamed when complete; the
-sidecar (counts per class, file size, sha256 of the inputs, settings) is written last, and the stale one
-removed first, so a beton is finished exactly when its sidecar exists.
+sidecar (counts per class, file size, sha256 of the inputs, settings) is written last, and the stale pair
+removed first, so a beton is finished exactly when its sidecar exists. Both are the stage's outputs (the
+Snakefile and dvc.yaml declare both), so a convert killed half-way is rerun by either runner. Temp files
+of killed converts are removed at the start.
 """
 
 import os
@@ -15,6 +17,7 @@ import sys
 
 import numpy as np
 
+from dlwt.atomic import os_errors, remove_stale_temps, temp_path
 from dlwt.data import DataError, ffcv_dir, images_dir
 from dlwt.data.imagefolder import read_classes, scan, verify, write_json
 
@@ -74,9 +77,10 @@ def convert_split(
     os.makedirs(out_dir, exist_ok=True)
     final = os.path.join(out_dir, f"{split}.beton")
     sidecar = f"{final}.json"
-    if os.path.exists(sidecar):
-        os.remove(sidecar)
-    tmp = f"{final}.tmp-{os.getpid()}"
+    for old in (sidecar, final):  # sidecar first: a beton without one is unfinished; the old beton would
+        if os.path.exists(old):   # only double the disk used while the new one is written
+            os.remove(old)
+    tmp = str(temp_path(final))
     try:
         writer = DatasetWriter(
             tmp,
@@ -123,4 +127,6 @@ def convert(root, dataset, splits=("train", "val"), **kwargs):
     """<root>/<dataset>/images -> <root>/<dataset>/ffcv/{split}.beton per split; kwargs: convert_split's."""
     images = images_dir(root, dataset)
     read_classes(images)  # a clear error when extract has not run
-    return {s: convert_split(images, ffcv_dir(root, dataset), s, **kwargs) for s in splits}
+    remove_stale_temps(ffcv_dir(root, dataset))
+    with os_errors():
+        return {s: convert_split(images, ffcv_dir(root, dataset), s, **kwargs) for s in splits}
