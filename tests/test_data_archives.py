@@ -287,3 +287,14 @@ def test_cli_stages_run_the_functions(tmp_path):
     a = ap.parse_args(["acquire", "--source", "imagenet", "--root", str(tmp_path), "--url", "train:http://x"])
     with pytest.raises(DataError, match="expected ROLE=URL"):
         a.func(a)
+
+
+def test_download_stops_at_the_official_size(tmp_path, server):
+    """A wrong URL serving a huge file cannot fill the disk: past the cap the download stops, .part deleted."""
+    from dlwt.data.imagenet import download
+
+    httpd, base = server
+    _RangeServer.blobs["/big"] = b"x" * 5000
+    with pytest.raises(DataError, match=r"would exceed its official size of 4096 bytes"):
+        download(f"{base}/big", str(tmp_path / DEVKIT), "0" * 32, cap=4096)
+    assert not list(tmp_path.iterdir())
