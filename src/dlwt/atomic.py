@@ -57,10 +57,11 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def plain_oserror(e: OSError, path=None) -> OSError | DlwtError:
+def plain_oserror(e: OSError, path=None, near=None) -> OSError | DlwtError:
     """A DlwtError with one plain line for the OSErrors a user fixes (full disk, read-only, symlink loop);
-    any other OSError is returned unchanged (a bug or a state we did not foresee: keep its traceback)."""
-    where = path or e.filename or "?"
+    any other OSError is returned unchanged (a bug or a state we did not foresee: keep its traceback).
+    Names `path`, else the file the OS names, else `near` (a folder the failing write was in)."""
+    where = path or e.filename or (f"in {near}" if near else "(a file the OS did not name)")
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         what = "disk full" if e.errno == errno.ENOSPC else "disk quota exceeded"
         return DlwtError(f"{what} writing {where}: free space there (df -h), then rerun the same command "
@@ -74,13 +75,13 @@ def plain_oserror(e: OSError, path=None) -> OSError | DlwtError:
 
 
 @contextmanager
-def os_errors(path=None):
+def os_errors(path=None, near=None):
     """Turn the OSErrors a user can fix, raised inside the block, into one-line DlwtErrors naming `path`
-    (default: the file the OS names)."""
+    (default: the file the OS names, else the folder `near`)."""
     try:
         yield
     except OSError as e:
-        mapped = plain_oserror(e, path)
+        mapped = plain_oserror(e, path, near)
         if mapped is e:
             raise
         raise mapped from None

@@ -128,5 +128,5 @@ def convert(root, dataset, splits=("train", "val"), **kwargs):
     images = images_dir(root, dataset)
     read_classes(images)  # a clear error when extract has not run
     remove_stale_temps(ffcv_dir(root, dataset))
-    with os_errors():
+    with os_errors(near=ffcv_dir(root, dataset)):  # FFCV's writer names no file in its errors
         return {s: convert_split(images, ffcv_dir(root, dataset), s, **kwargs) for s in splits}

@@ -17,7 +17,7 @@ import urllib.request
 import numpy as np
 from tqdm import tqdm
 
-from dlwt.atomic import remove_stale_temps, staged_dir
+from dlwt.atomic import os_errors, remove_stale_temps, staged_dir
 from dlwt.data import DataError, dataset_dir, images_dir
 from dlwt.data.imagefolder import write_classes, write_json
 from dlwt.layout import safe_name
@@ -223,7 +223,7 @@ def _check_md5(path, reader, md5):
 
 
 def _copy_member(tf, member, dest):
-    with tf.extractfile(member) as src, open(dest, "wb") as dst:
+    with os_errors(dest), tf.extractfile(member) as src, open(dest, "wb") as dst:  # a write error names no file
         shutil.copyfileobj(src, dst, CHUNK)
 
 
