@@ -81,7 +81,7 @@ def load_weights(path, *, fix: str = DEFAULT_FIX) -> tuple[dict, dict]:
     obj = read(path, fix=fix)
     if isinstance(obj, dict) and all(k in obj for k in KEYS) and _is_state_dict(obj["model"]):
         meta = {k: obj[k] for k in ("arch", "rule", "seed", "epoch")}
-        stem = ((obj.get("params") or {}).get("model") or {}).get("stem")
+        stem = obj.get("stem") or ((obj.get("params") or {}).get("model") or {}).get("stem")  # new, old layout
         return obj["model"], {**meta, **({"stem": stem} if stem else {})}
     for key in ("state_dict", "model"):  # common wrappers ({"state_dict": ...} from other trainers)
         if isinstance(obj, dict) and _is_state_dict(obj.get(key)):
