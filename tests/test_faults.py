@@ -73,7 +73,7 @@ EVAL_OVERLAY = """
 data: {source: synthetic, dataset: synthetic, root: data, backend: torchvision, batch_size: 4, res: 32,
        val_res: 32, crop_ratio: 1.0, num_workers: 0}
 model: {stem: small}
-train: {grad_batch: 4}
+train: {grad_batch: 4, device: cpu}
 """
 
 
@@ -254,7 +254,7 @@ def test_torchvision_weights_evaluate_offline_from_the_cache(work, tmp_path):
 data: {source: imagefolder, dataset: tv, root: data, backend: torchvision, batch_size: 250, res: 8, val_res: 8,
        crop_ratio: 1.0, num_workers: 0}
 model: {stem: imagenet}
-train: {grad_batch: 4}
+train: {grad_batch: 4, device: cpu}
 """)
     r = dlwt("evaluate", "--params", "params.yaml", "--overlay", over, "--arch", "resnet18", "--rule", "bp",
              "--weights", "torchvision", "--out", "tv.json", cwd=work, env={"TORCH_HOME": str(tmp_path / "torch_home")})
