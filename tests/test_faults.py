@@ -116,6 +116,18 @@ def test_dataset_dotdot_writes_nothing_outside_the_data_root(work, how):
     assert files(work) == before and not (work / "data").exists()
 
 
+def test_dataset_folder_that_leaves_the_data_root_is_refused(work, tmp_path):
+    """data/<dataset> a symlink out of data.root: the stages would replace folders there; refused."""
+    outside = tmp_path / "outside"
+    (outside / "images").mkdir(parents=True)
+    (outside / "images" / "mine.txt").write_text("keep")
+    (work / "data").mkdir()
+    os.symlink(outside, work / "data" / "synthetic")
+    r = dlwt("acquire", "--source", "synthetic", "--dataset", "synthetic", "--root", "data", cwd=work)
+    fails_with(r, r"data.dataset: data/synthetic resolves to .*outside, outside .*data; refusing")
+    assert files(outside) == ["images/mine.txt"] and not (work / "data" / "raw").exists()
+
+
 def test_imagefolder_overlapping_the_output_is_refused_and_keeps_the_images(synthetic):
     images = synthetic / "data" / "synthetic" / "images"
     before = files(images)

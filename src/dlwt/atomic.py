@@ -195,5 +195,6 @@ def check_inside(path, root, what: str) -> Path:
     before writing or removing anything at `path`."""
     p, r = Path(path).resolve(), Path(root).resolve()
     if p != r and r not in p.parents:
-        raise DlwtError(f"{what}: {path} resolves to {p}, outside {r}; refusing to write or remove there")
+        raise DlwtError(f"{what}: {path} resolves to {p}, outside {r}; refusing to write or remove there: "
+                        "make it a real folder inside, or move the whole root")
     return p

@@ -11,7 +11,7 @@ data cfg; the work is in acquire_stage / extract_stage / convert_stage (which ta
 import json
 import os
 
-from dlwt.atomic import os_errors, write_json_atomic
+from dlwt.atomic import check_inside, os_errors, write_json_atomic
 from dlwt.data import DataError, dataset_dir
 from dlwt.data.config import resolve as _resolve_cfg
 
@@ -19,7 +19,9 @@ from dlwt.data.config import resolve as _resolve_cfg
 def resolve(cfg=None):
     """The data cfg with defaults (config.resolve), its names checked before they become paths."""
     c = _resolve_cfg(cfg)
-    dataset_dir(c["root"], c["dataset"])  # data.dataset: one plain folder name, or DlwtError
+    # data.dataset: one plain folder name, and data/<dataset> (followed through symlinks) inside data.root,
+    # since the stages write and replace folders there
+    check_inside(dataset_dir(c["root"], c["dataset"]), c["root"], "data.dataset")
     return c
 
 # the data settings convert_stage passes to ffcv_io.convert (each also a `dlwt convert` flag)
