@@ -184,8 +184,10 @@ def remove_stale_temps(folder) -> list[Path]:
         m = _TEMP.match(entry.name)
         if not m or (m["host"] and m["host"] != _HOST) or int(m["pid"]) == os.getpid() or _alive(int(m["pid"])):
             continue
-        with os_errors(entry):
+        try:
             _remove(entry)
+        except OSError:  # best effort: a read-only archive folder (a :ro mount) keeps its leftovers
+            continue
         gone.append(entry)
     return gone
 
