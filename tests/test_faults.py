@@ -419,3 +419,25 @@ def test_read_only_data_root_is_one_line(synthetic, tmpfs):
              "--raw-dir", "data/raw/synthetic", cwd=synthetic)
     fails_with(r, r"read-only / not writable: .*ro/synthetic")
 
+
+
+# --- the one writer (in-process: the contracts every stage relies on) ---------------------------------
+
+def test_writers_leave_the_old_file_and_no_temp_on_failure(tmp_path):
+    from dlwt.atomic import atomic_write, save_torch, staged_dir
+
+    f = tmp_path / "x.pt"
+    save_torch({"a": torch.zeros(2)}, f)
+    with pytest.raises(Exception):
+        save_torch({"a": lambda: 0}, f)  # unpicklable: fails half-way through the write
+    assert torch.load(f, weights_only=True)["a"].shape == (2,)
+    atomic_write(tmp_path / "y.json", "{}")
+    with pytest.raises(TypeError):
+        atomic_write(tmp_path / "y.json", None)
+    assert (tmp_path / "y.json").read_text() == "{}"
+    (tmp_path / "tree").mkdir()
+    (tmp_path / "tree" / "old").write_text("old")
+    with pytest.raises(KeyboardInterrupt), staged_dir(tmp_path / "tree") as tmp:
+        (tmp / "new").write_text("new")
+        raise KeyboardInterrupt  # Ctrl-C while building
+    assert files(tmp_path) == ["tree/old", "x.pt", "y.json"]
