@@ -76,7 +76,7 @@ def test_evaluate_writes_metrics_and_refuses_a_mismatched_checkpoint(digits, tmp
     assert saved["val_top1_err"] == result["val_top1_err"] and saved["val_images"] == 360
     assert saved["gradient_alignment"]["fc"] < 1e-3 and saved["gradient_alignment"]["conv1"] > 10
     assert saved["rule"] == "fa" and saved["params"] > 11_000_000
-    with pytest.raises(SystemExit, match="holds resnet18-fa-s0, not resnet18-kp-s0"):
+    with pytest.raises(DlwtError, match="holds resnet18-fa-s0, not resnet18-kp-s0"):
         evaluate_checkpoint(params, "resnet18", "kp", 0, run / "checkpoints" / "final.pt", tmp_path / "x.json")
     assert not (tmp_path / "x.json").exists()
 

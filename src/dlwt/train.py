@@ -27,12 +27,13 @@ import torch
 import torch.distributed as dist
 
 import dlwt
-from dlwt import dag, ddp, devices, layout
-from dlwt.engine import EpochState, NonFiniteLoss, evaluate, sgd, train_one_epoch
+from dlwt import checkpoint, dag, ddp, devices, layout
+from dlwt.atomic import atomic_write, remove_stale_temps, save_torch, write_json_atomic
+from dlwt.engine import EpochState, NonFiniteLoss, evaluate, fixed_batch, sgd, train_one_epoch
 from dlwt.errors import DlwtError
 from dlwt.live import LiveLog
 from dlwt.progress import Progress
-from dlwt.provenance import atomic_write, provenance, write_json_atomic
+from dlwt.provenance import provenance
 
 FORMAT = "dlwt-checkpoint-2"
 
@@ -53,30 +54,13 @@ def lr_lambda(train_cfg: dict, steps_per_epoch: int):
     return factor
 
 
-def save_atomic(obj, path: Path) -> None:
-    """torch.save to a per-process temp name, then rename: a kill mid-write never leaves half a checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def load_checkpoint(path: Path) -> dict | None:
-    """A dlwt checkpoint as data (weights_only: a crafted file cannot run code), on the CPU whatever device
-    saved it (RNG states must be CPU ByteTensors); None if absent; one-line DlwtError if unreadable."""
+    """last.pt as data on the CPU (dlwt.checkpoint), or None when there is none yet."""
     if not path.exists():
         return None
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 (truncated: RuntimeError; pickled code: UnpicklingError; ...)
-        raise DlwtError(f"{path}: not a readable dlwt checkpoint ({type(e).__name__}); move it away to start "
-                        "the run afresh") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise DlwtError(f"{path}: not a {FORMAT} file; move it away to start the run afresh")
+    ckpt = checkpoint.load(path, fix="move it away to start the run afresh")
+    if ckpt.get("format") != FORMAT:
+        raise DlwtError(f"{path}: not a {FORMAT} file (an older dlwt?); move it away to start the run afresh")
     return ckpt
 
 
@@ -113,19 +97,6 @@ class StopSignal:
             signal.signal(s, h)
 
 
-def fixed_batch(loader, n: int):
-    """The first n images (and labels) of a sequential loader."""
-    xs, ys, have = [], [], 0
-    loader.set_epoch(0)
-    for x, y in loader:
-        xs.append(x)
-        ys.append(y)
-        have += y.shape[0]
-        if have >= n:
-            break
-    return torch.cat(xs)[:n], torch.cat(ys)[:n]
-
-
 def train(params: dict, arch: str, rule: str, seed: int, out: Path, *, restart: bool = False) -> dict:
     """Run, resume or finish one training run; returns {"status": "finished"|"stopped", "signal", "metrics"}."""
     from dlwt.data.loaders import make_loader, res_for_epoch
@@ -134,6 +105,9 @@ def train(params: dict, arch: str, rule: str, seed: int, out: Path, *, restart: 
     tcfg, mcfg, dcfg = params["train"], params["mirror"], params["data"]
     rank, world, dev = ddp.setup(tcfg)
     lock = lock_run(run) if rank == 0 else None
+    if rank == 0:  # temp files of killed writers (a checkpoint is ~0.2-0.5 GB each)
+        for folder in (run.out, run.checkpoints):
+            remove_stale_temps(folder)
     ckpt = load_checkpoint(run.last)
     if ckpt is not None and (ckpt["arch"], ckpt["rule"], ckpt["seed"]) != (arch, rule, seed):
         raise DlwtError(f"{run.last} is {layout.run_id(ckpt['arch'], ckpt['rule'], ckpt['seed'])}, not "
@@ -193,8 +167,8 @@ def train(params: dict, arch: str, rule: str, seed: int, out: Path, *, restart: 
     probe = fixed_batch(val_loader, tcfg["align_batch"]) if tcfg["align_batch"] and rank == 0 else None
     name = layout.run_id(arch, rule, seed)
 
-    def checkpoint(epoch_done: int, state: EpochState | None) -> None:
-        save_atomic({"format": FORMAT, "arch": arch, "rule": rule, "seed": seed, "epoch": epoch_done,
+    def save(epoch_done: int, state: EpochState | None) -> None:
+        save_torch({"format": FORMAT, "arch": arch, "rule": rule, "seed": seed, "epoch": epoch_done,
                      "step": state.step if state else 0, "epoch_state": state.as_dict() if state else None,
                      "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                      "mirror_rng": mirror_gen.get_state() if rule == "wm" else None, "metrics": rows,
@@ -227,11 +201,11 @@ def train(params: dict, arch: str, rule: str, seed: int, out: Path, *, restart: 
                 if flag.item() and not last:
                     stopped = int(flag.item())
                     if rank == 0:
-                        checkpoint(epoch, state)
+                        save(epoch, state)
                     return True
                 minutes = tcfg["checkpoint_minutes"]
                 if rank == 0 and minutes and not last and time.monotonic() - last_save > 60 * minutes:
-                    checkpoint(epoch, state)
+                    save(epoch, state)
                     last_save = time.monotonic()
                 return False
 
@@ -260,7 +234,7 @@ def train(params: dict, arch: str, rule: str, seed: int, out: Path, *, restart: 
             rows.append(row)
             if rank == 0:
                 atomic_write(run.metrics, "".join(json.dumps(r) + "\n" for r in rows))
-                checkpoint(epoch + 1, None)
+                save(epoch + 1, None)
                 live.epoch((epoch + 1) * len(train_loader), row)
                 print(f"{name} epoch {epoch + 1}/{tcfg['epochs']}: train loss {row['train_loss']:.4f}, val top-1 "
                       f"err {row['val_top1_err']:.4f}, top-5 err {row['val_top5_err']:.4f}, "
@@ -286,7 +260,7 @@ def _write_final(ckpt: dict, run: layout.Run) -> None:
     """final.pt: what evaluation and users need (weights with B, metadata), not the optimiser's state."""
     keep = ("format", "arch", "rule", "seed", "epoch", "model", "metrics", "params", "run_info", "stem",
             "num_classes")
-    save_atomic({k: ckpt[k] for k in keep}, run.final)
+    save_torch({k: ckpt[k] for k in keep}, run.final)
 
 
 def _mirror_every(model, mcfg, generator, kwargs):
