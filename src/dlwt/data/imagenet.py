@@ -7,6 +7,7 @@
 The synthetic source writes archives of the same layout, so tests run this exact code.
 """
 
+import contextlib
 import hashlib
 import os
 import re
@@ -203,8 +204,8 @@ class _Hashing:
 
 
 def _bar(reader, path, desc):
-    """The reader, its reads advancing a byte progress bar (works for streamed tars)."""
-    return ReadProgress(reader, os.path.getsize(path), desc)
+    """The reader, its reads advancing a byte progress bar (works for streamed tars); closed at the end."""
+    return contextlib.closing(ReadProgress(reader, os.path.getsize(path), desc))
 
 
 def _check_md5(path, reader, md5):
