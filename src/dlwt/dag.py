@@ -23,7 +23,7 @@ from dlwt.errors import DlwtError
 STAGES = ("acquire", "extract", "convert", "train", "evaluate", "report")
 
 # Settings that change how fast or where a job runs, never what it writes: editing them reruns nothing, and
-# `dlwt train` resumes across them. tests/test_dag.py checks that every key of the schema is either read by a
+# `dlwt train` resumes across them. tests/test_pipeline.py checks that every key of the schema is either read by a
 # stage below or listed here, so a new key must be placed on one side.
 OPERATIONAL = ("container", "data.num_workers", "data.os_cache", "train.device",
                "train.check_every", "train.checkpoint_minutes", "train.log_every")
@@ -206,11 +206,9 @@ def params_file(params: dict, folder: str = ".snakemake/dlwt") -> str:
     text = yaml.safe_dump(params, sort_keys=False)
     path = os.path.join(folder, f"params-{hashlib.sha256(text.encode()).hexdigest()[:16]}.yaml")
     if not os.path.isfile(path):
-        os.makedirs(folder, exist_ok=True)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
+        from dlwt.atomic import atomic_write
+
+        atomic_write(path, text)
     return path
 
 
@@ -300,7 +298,7 @@ def main(args) -> int:
 
     params, written = load(args.params, args.overlay), read_merged(args.params, args.overlay)
     if args.write:
-        from dlwt.provenance import atomic_write
+        from dlwt.atomic import atomic_write
 
         atomic_write(args.write, dvc_yaml(params, written))
         print(f"dlwt dag: wrote {args.write} ({len(jobs(params))} stages)")

@@ -85,6 +85,12 @@ class ReadProgress:
         self.bar.close()
         return self.reader.close()
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
     def __getattr__(self, name):
         return getattr(self.reader, name)
 

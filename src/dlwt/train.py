@@ -175,7 +175,7 @@ def train(params: dict, arch: str, rule: str, seed: int, out: Path, *, restart: 
                      "params": params, "run_info": run_info, "stem": params["model"]["stem"],
                      "num_classes": train_loader.num_classes}, run.last)
 
-    live = LiveLog(run.out / "dvclive", enabled=rank == 0, resume=ckpt is not None)
+    live = LiveLog(run.live, enabled=rank == 0, resume=ckpt is not None)
     stop = StopSignal()
     stopped = None
     try:
