@@ -7,7 +7,6 @@
 The synthetic source writes archives of the same layout, so tests run this exact code.
 """
 
-import contextlib
 import hashlib
 import os
 import re
@@ -205,7 +204,7 @@ class _Hashing:
 
 def _bar(reader, path, desc):
     """The reader, its reads advancing a byte progress bar (works for streamed tars); closed at the end."""
-    return contextlib.closing(ReadProgress(reader, os.path.getsize(path), desc))
+    return ReadProgress(reader, os.path.getsize(path), desc)
 
 
 def _check_md5(path, reader, md5):
