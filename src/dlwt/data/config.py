@@ -8,10 +8,14 @@ stage functions in `stages.py` fill them from `resolve(cfg)`.
 
 import copy
 
+# every data source (one declaration: the CLI's --source choices and resolve() read it; the params schema
+# lists the same names)
+SOURCES = ("imagenet", "synthetic", "digits", "imagefolder", "fashion-mnist", "cifar10", "cifar100")
+
 DATA_DEFAULTS = {
     # --- what and where ---------------------------------------------------------------------------
     "dataset": "imagenet",  # name of the folder under root: data/<dataset>/{images,ffcv}
-    "source": "imagenet",  # imagenet | synthetic | digits | imagefolder
+    "source": "imagenet",  # one of SOURCES
     "root": "data",  # everything the data stage writes lives under here
     "raw_dir": None,  # archives; None -> <root>/raw/<dataset> (ImageNet: data/raw/imagenet)
     "urls": {},  # {"train"|"val"|"devkit": URL}: the user's own download links (ImageNet
@@ -39,6 +43,12 @@ DATA_DEFAULTS = {
     "synthetic": {"classes": 3, "train_per_class": 4, "val_per_class": 2, "size": 64, "seed": 0},
     # --- source=digits: scikit-learn's bundled 8x8 digits as an ImageFolder ------------------------
     "digits": {"size": 32, "val_fraction": 0.2, "seed": 0, "format": "png"},
+    # --- source=fashion-mnist: the four idx files (Debian's dataset-fashion-mnist, or a folder) ------
+    # dir None -> /usr/share/datasets/fashion-mnist; *_per_class: first n images per class (None: all)
+    "fashion_mnist": {"dir": None, "train_per_class": None, "val_per_class": None},
+    # --- source=cifar10|cifar100: torchvision's python archives in dir (None -> raw_dir) -------------
+    # download: fetch them (MD5-checked) when absent; off by default: nothing leaves the machine unasked
+    "cifar": {"dir": None, "download": False},
 }
 
 MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)  # ImageNet statistics on 0..255 pixels (ffcv-imagenet)
@@ -67,7 +77,7 @@ def resolve(cfg=None):
     if out["val_res"] is None:
         out["val_res"] = out["res"]
     for key, allowed in [
-        ("source", ("imagenet", "synthetic", "digits", "imagefolder")),
+        ("source", SOURCES),
         ("backend", ("ffcv", "torchvision")),
         ("on_corrupt", ("skip", "fail")),
         ("write_mode", ("raw", "jpg", "smart", "proportion")),

@@ -12,7 +12,7 @@ import json
 import os
 
 from dlwt.data import DataError
-from dlwt.data.config import resolve
+from dlwt.data.config import SOURCES, resolve
 
 # the data settings convert_stage passes to ffcv_io.convert (each also a `dlwt convert` flag)
 CONVERT_KEYS = ("max_resolution", "jpeg_quality", "compress_probability", "write_mode", "page_size",
@@ -47,6 +47,14 @@ def _acquire(c):
         import sklearn.datasets  # noqa: F401  (bundled with scikit-learn: nothing to fetch)
 
         return {}
+    if c["source"] == "fashion-mnist":
+        from dlwt.data.fashion_mnist import find
+
+        return find(c["fashion_mnist"]["dir"])
+    if c["source"] in ("cifar10", "cifar100"):
+        from dlwt.data.cifar import acquire
+
+        return acquire(c["source"], c["cifar"]["dir"] or c["raw_dir"], c["cifar"]["download"])
     if not c["imagefolder"] or not os.path.isdir(c["imagefolder"]):
         raise DataError(
             f"data.imagefolder={c['imagefolder']!r} is not a folder: give a tree with train/ and val/"
@@ -65,6 +73,14 @@ def extract_stage(cfg):
         from dlwt.data.digits import write_digits
 
         return write_digits(c["root"], c["dataset"], **c["digits"])
+    if c["source"] == "fashion-mnist":
+        from dlwt.data.fashion_mnist import write_fashion_mnist
+
+        return write_fashion_mnist(c["root"], c["dataset"], **c["fashion_mnist"])
+    if c["source"] in ("cifar10", "cifar100"):
+        from dlwt.data.cifar import write_cifar
+
+        return write_cifar(c["source"], c["cifar"]["dir"] or c["raw_dir"], c["root"], c["dataset"])
     from dlwt.data.imagefolder import link_tree
 
     return link_tree(c["imagefolder"], c["root"], c["dataset"])
@@ -82,7 +98,7 @@ def _common(p):
     p.add_argument("--params", help="params.yaml: its data section is the starting point (flags override it)")
     p.add_argument("--overlay", action="append", default=[], help="YAML deep-merged over --params (repeatable)")
     p.add_argument("--dataset", help="folder name under --root (default: the source's name)")
-    p.add_argument("--source", choices=["imagenet", "synthetic", "digits", "imagefolder"])
+    p.add_argument("--source", choices=SOURCES)
     p.add_argument("--root", help="data root (default: data)")
     p.add_argument("--raw-dir", dest="raw_dir", help="archives folder (default: <root>/raw/<dataset>)")
 
