@@ -65,7 +65,7 @@ def test_strided_conv_sees_a_full_output_map():
     assert want == pytest.approx(6.05, abs=0.01) and got == pytest.approx(want, rel=0.3)
 
 
-@pytest.mark.parametrize("arch, fan_in", [("resnet18", 512), ("resnet50", 2048)])
+@pytest.mark.parametrize("arch, fan_in", [("resnet18", 512), pytest.param("resnet50", 2048, marks=pytest.mark.slow)])
 def test_classifier_aligns_after_the_imagenet_warm_up(arch, fan_in):
     # the fc layer (real W rows, W fixed): params.yaml's 1000-step warm-up leaves it a few degrees from W
     fc = build(arch, 1000, "bp").fc

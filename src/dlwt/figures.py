@@ -21,7 +21,8 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 RULE_ORDER = ("bp", "fa", "ss", "wm", "kp")
 RULE_LABELS = {"bp": "BP", "fa": "FA", "ss": "SS", "wm": "WM", "kp": "KP"}
-ARCH_LABELS = {"resnet18": "ResNet-18", "resnet50": "ResNet-50"}
+ARCH_LABELS = {"resnet18": "ResNet-18", "resnet50": "ResNet-50", "resnet8": "ResNet-8", "resnet20": "ResNet-20",
+               "resnet32": "ResNet-32", "resnet56": "ResNet-56"}
 # Okabe-Ito colours (colour-blind safe); BP black and solid so the reference stands out.
 RULE_COLORS = {"BP": "#000000", "FA": "#E69F00", "SS": "#56B4E9", "WM": "#009E73", "KP": "#D55E00"}
 RULE_MARKERS = {"BP": "o", "FA": "s", "SS": "^", "WM": "D", "KP": "v"}
