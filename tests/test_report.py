@@ -22,8 +22,8 @@ LAYERS = {"resnet18": ["conv1", "layer1.0.conv1", "layer1.0.conv2", "layer2.0.co
 TOP1 = {"resnet18": {"bp": 0.30, "fa": 0.80, "ss": 0.35, "wm": 0.31, "kp": 0.315},
         "resnet50": {"bp": 0.24, "fa": 0.75, "ss": 0.30, "wm": 0.25, "kp": 0.255}}
 ANGLE = {"bp": 0.0, "fa": 89.0, "ss": 40.0, "wm": 10.0, "kp": 5.0}
-FIGS = ["fig_error_vs_epoch", "fig_angle_vs_epoch_resnet18", "fig_angle_vs_epoch_resnet50",
-        "fig_final_alignment"]
+FIGS = ["fig_error_vs_epoch", "fig_final_error", "fig_angle_vs_epoch_resnet18", "fig_angle_vs_epoch_resnet50",
+        "fig_final_alignment", "fig_grad_alignment_vs_epoch"]
 
 
 def make_params(archs=("resnet18", "resnet50"), rules=rp.figures.RULE_ORDER, seeds=(0, 1), exp="t"):
@@ -41,7 +41,8 @@ def write_run(res: Path, arch, rule, seed, top1, epochs=3, eval_=True, log=True)
                  "val_top1_err": min(1.0, top1 + 0.1 * (epochs - e)), "val_top5_err": top1 / 2,
                  "images_per_s": 1000.0, "seconds": 10.0,
                  "alignment": {ly: {"angle_deg": ANGLE[rule] * (1 + 0.1 * i) / e if rule != "fa" else 89.0,
-                                    "norm_ratio": 1.0} for i, ly in enumerate(layers)}}
+                                    "norm_ratio": 1.0} for i, ly in enumerate(layers)},
+                 "grad_alignment": {ly: ANGLE[rule] / 2 / e + i for i, ly in enumerate(layers)}}
                 for e in range(1, epochs + 1)]
         (res / "runs" / name).mkdir(parents=True, exist_ok=True)
         (res / "runs" / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -175,6 +176,16 @@ def test_summary_json_and_csv(rep):
     kp_angle = (df.metric == "angle_deg/layer2.0.conv1") & (df.rule == "kp")
     assert kp_angle.sum() == 3 * 2 * 2  # epochs x archs x seeds
     assert (df.metric == "final_grad_angle_deg/fc").sum() == 20 - 3
+    assert (df.metric == "grad_angle_deg/fc").sum() == 3 * (20 - 2)  # per epoch, from metrics.jsonl
+
+
+def test_figures_carry_no_timestamp(tmp_path):
+    # the same results drawn twice give the same bytes: a rerun of the demo leaves `git status` clean
+    params = make_params(archs=("resnet18",), rules=("bp", "wm"), seeds=(0, 1))
+    write_all(tmp_path / "results" / "t", params)
+    a = {Path(p).name: Path(p).read_bytes() for p in rp.report(tmp_path / "results", tmp_path / "paper", params)["written"]}
+    b = {Path(p).name: Path(p).read_bytes() for p in rp.report(tmp_path / "results", tmp_path / "paper", params)["written"]}
+    assert a == b and b"CreationDate" not in a["fig_final_error.pdf"] and b"Software" not in a["fig_final_error.png"]
 
 
 # per-seed top-1 error (%) for three seeds: WM/KP ~3 points behind BP's 30, FA/SS ~10 points behind
@@ -332,8 +343,9 @@ def test_cli_on_an_experiment_with_no_runs(tmp_path, capsys):
     assert "2 evaluations and 2 training logs missing" in capsys.readouterr().out
     pap = tmp_path / "paper" / "empty"
     figs = sorted(p.name for p in (pap / "figures").iterdir())
-    assert figs == sorted(f"{s}.{e}" for s in ("fig_error_vs_epoch", "fig_angle_vs_epoch_resnet18",
-                                                 "fig_final_alignment") for e in ("pdf", "png"))
+    assert figs == sorted(f"{s}.{e}" for s in ("fig_error_vs_epoch", "fig_final_error", "fig_angle_vs_epoch_resnet18",
+                                                 "fig_final_alignment", "fig_grad_alignment_vs_epoch")
+                          for e in ("pdf", "png"))
     md = (pap / "table1.md").read_text()
     assert _row(md, "WM")[0].startswith("— (ref. no source)") and "**" not in md
     readme = (pap / "README.md").read_text()

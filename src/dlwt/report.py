@@ -120,6 +120,9 @@ def tidy(runs: dict) -> pd.DataFrame:
             rows += [(a, r, s, ep, k, float(v)) for k, v in row.items() if k != "epoch" and _is_num(v)]
             for layer, al in (row.get("alignment") or {}).items():
                 rows += [(a, r, s, ep, f"{k}/{layer}", float(v)) for k, v in al.items() if _is_num(v)]
+            # per-epoch angle(rule update, backprop gradient) on one fixed train batch, where train logs it
+            rows += [(a, r, s, ep, f"grad_angle_deg/{layer}", float(v))
+                     for layer, v in (row.get("grad_alignment") or {}).items() if _is_num(v)]
     for (a, r, s), ev in runs["evals"].items():
         ep = ev.get("epoch")
         rows += [(a, r, s, ep, f"final_{k}", float(v)) for k, v in ev.items()
