@@ -39,6 +39,9 @@ from dlwt.table1 import load_published, tables  # noqa: F401  (load_published: p
 # classes per source, for the first-epoch loss check (imagefolder: read from its classes.json)
 SOURCE_CLASSES = {"digits": 10, "fashion-mnist": 10, "cifar10": 10, "cifar100": 100, "imagenet": 1000}
 COLUMNS = ["arch", "rule", "seed", "epoch", "metric", "value"]
+# wall-clock numbers differ on every rerun: they stay in metrics.jsonl and the eval files, out of the summary,
+# so a rerun of the same results rewrites the same summary files (and `git status` stays clean)
+TIMING = ("images_per_s", "seconds", "train_seconds", "val_seconds")
 
 
 def run_name(arch: str, rule: str, seed: int) -> str:
@@ -117,7 +120,8 @@ def tidy(runs: dict) -> pd.DataFrame:
     for (a, r, s), log in runs["metrics"].items():
         for row in log:
             ep = row["epoch"]
-            rows += [(a, r, s, ep, k, float(v)) for k, v in row.items() if k != "epoch" and _is_num(v)]
+            rows += [(a, r, s, ep, k, float(v)) for k, v in row.items()
+                     if k not in ("epoch", *TIMING) and _is_num(v)]
             for layer, al in (row.get("alignment") or {}).items():
                 rows += [(a, r, s, ep, f"{k}/{layer}", float(v)) for k, v in al.items() if _is_num(v)]
             # per-epoch angle(rule update, backprop gradient) on one fixed train batch, where train logs it
@@ -126,7 +130,7 @@ def tidy(runs: dict) -> pd.DataFrame:
     for (a, r, s), ev in runs["evals"].items():
         ep = ev.get("epoch")
         rows += [(a, r, s, ep, f"final_{k}", float(v)) for k, v in ev.items()
-                 if k not in ("seed", "epoch") and _is_num(v)]
+                 if k not in ("seed", "epoch", *TIMING) and _is_num(v)]
         for layer, al in (ev.get("alignment") or {}).items():
             rows += [(a, r, s, ep, f"final_{k}/{layer}", float(v)) for k, v in al.items() if _is_num(v)]
         for layer, v in (ev.get("gradient_alignment") or {}).items():
