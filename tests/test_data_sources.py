@@ -88,3 +88,63 @@ def test_real_fashion_mnist_through_the_stages(tmp_path):
     # the first training image of the real set is an ankle boot (class 9), the first test image too
     assert "00000.png" in os.listdir(os.path.join(out, "train", "9"))
     assert "00000.png" in os.listdir(os.path.join(out, "val", "9"))
+
+
+def cifar_archive(directory, source, per_class=2, classes=None):
+    """A small archive in the exact cifar-10-python.tar.gz / cifar-100-python.tar.gz layout (Python-2-style
+    pickles of dicts with 'data' N x 3072 uint8 rows and 'labels' / 'fine_labels'); returns its checksums."""
+    import io
+    import pickle
+    import tarfile
+
+    from dlwt.data.cifar import spec
+
+    s = spec(source)
+    n_cls = classes or (10 if source == "cifar10" else 100)
+    label_key = "labels" if source == "cifar10" else "fine_labels"
+    files, rng = {}, np.random.default_rng(0)
+    for i, name in enumerate(s["train"] + s["test"]):
+        labels = [c for c in range(n_cls) for _ in range(per_class)]
+        data = rng.integers(0, 256, (len(labels), 3072), dtype=np.uint8)
+        data[:, 0] = i  # first red pixel = the batch's number
+        files[name] = pickle.dumps({"data": data, label_key: labels, "batch_label": name}, protocol=2)
+    names = [f"class{c}" for c in range(n_cls)]
+    files[s["meta"]] = pickle.dumps({s["names_key"]: names}, protocol=2)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(f"{s['folder']}/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    (directory / s["archive"]).write_bytes(buf.getvalue())
+    sums = {name: hashlib.md5(data).hexdigest() for name, data in files.items()}
+    return {**sums, s["archive"]: hashlib.md5(buf.getvalue()).hexdigest()}
+
+
+@pytest.mark.parametrize("source, n_cls, train_files", [("cifar10", 10, 5), ("cifar100", 100, 1)])
+def test_cifar_archive_to_image_tree(tmp_path, source, n_cls, train_files):
+    from dlwt.data import cifar
+
+    sums = cifar_archive(tmp_path, source)
+    assert os.path.isdir(cifar.acquire(source, str(tmp_path), checksums=sums)["batches"])
+    out = cifar.write_cifar(source, str(tmp_path), str(tmp_path / "data"), source, checksums=sums)
+    classes = json.loads((tmp_path / "data" / source / "images" / "classes.json").read_text())
+    assert len(classes) == n_cls and classes[1]["name"] == "class1"
+    first = classes[0]["wnid"]
+    assert len(os.listdir(os.path.join(out, "train", first))) == 2 * train_files
+    assert len(os.listdir(os.path.join(out, "val", first))) == 2
+    from PIL import Image
+    with Image.open(os.path.join(out, "val", first, "00000.png")) as im:
+        assert im.size == (32, 32) and np.asarray(im)[0, 0, 0] == train_files  # the test batch's marker
+
+
+def test_cifar_missing_or_wrong_archive_is_one_line(tmp_path):
+    from dlwt.data import cifar
+
+    with pytest.raises(DataError, match=r"cifar-10-python\.tar\.gz not found: set data\.cifar\.download: true"):
+        cifar.acquire("cifar10", str(tmp_path))
+    cifar_archive(tmp_path, "cifar10")  # the real MD5s refuse a generated archive
+    with pytest.raises(DataError, match=r"cifar-10-python\.tar\.gz: MD5 [0-9a-f]{32}, expected "
+                                        r"c58f30108f718f92721af3b95e74349a"):
+        acquire_stage({"dataset": "c", "source": "cifar10", "root": str(tmp_path / "data"),
+                       "cifar": {"dir": str(tmp_path)}})
