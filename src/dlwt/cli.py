@@ -1,5 +1,6 @@
 """`dlwt <stage> ...`: one subcommand per pipeline stage (also `python -m dlwt`).
 
+    dlwt doctor --params params.yaml            # run first on a GPU node: checks, step times, GPU-hours
     dlwt demo                                   # every rule on scikit-learn's digits (CPU, minutes)
     dlwt acquire | extract | convert ...        # data: archives -> ImageFolder -> FFCV
     dlwt train --params params.yaml --arch resnet18 --rule kp --seed 0 --out results/imagenet/runs/resnet18-kp-s0
@@ -14,7 +15,7 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from dlwt import demo, evaluate, report, train
+    from dlwt import demo, doctor, evaluate, report, train
     from dlwt.data import stages
 
     parser = argparse.ArgumentParser(prog="dlwt", description="Deep Learning without Weight Transport",
@@ -25,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_subparser(sub)
     evaluate.add_subparser(sub)
     report.add_subparser(sub)
+    doctor.add_subparser(sub)
     return parser
 
 

@@ -1,10 +1,12 @@
 """One epoch of training and one pass of evaluation, as plain functions that return dicts (DeiT-style).
 
-Used by the demo and by the train/evaluate stages; knows nothing about files, params or the CLI.
+Used by the train/evaluate stages and `dlwt doctor`; knows nothing about files, params or the CLI.
+No host sync in the step loop: loss and accuracy accumulate on the device, and the host looks at them only
+at sync points (every `sync_every` steps and at the end), where finiteness is checked (all ranks together
+under DDP) and the caller's `on_sync` may log, checkpoint or ask to stop.
 """
 from __future__ import annotations
 
-import math
 import time
 
 import torch
@@ -34,34 +36,52 @@ def sgd(model: nn.Module, lr: float, momentum: float, weight_decay: float, neste
                            fused=True)
 
 
-def accuracy_counts(logits: torch.Tensor, targets: torch.Tensor, ks=(1, 5)) -> list[int]:
-    """How many of the batch have the target among the top-k logits, for each k (k capped at classes)."""
+def accuracy_counts(logits: torch.Tensor, targets: torch.Tensor, ks=(1, 5)) -> torch.Tensor:
+    """How many of the batch have the target among the top-k logits, for each k (k capped at classes): a
+    device tensor, so that counting does not wait for the device."""
     top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices
     hit = top.eq(targets[:, None])
-    return [int(hit[:, :k].any(1).sum()) for k in ks]
+    return torch.stack([hit[:, :k].any(1).sum() for k in ks])
+
+
+class EpochState:
+    """Where an epoch stands: steps done and device-side sums, so a run stopped mid-epoch resumes with the
+    same numbers (`as_dict`/`from_dict` go into the checkpoint)."""
+
+    def __init__(self, device, step=0, loss_sum=0.0, correct=0, seen=0, seconds=0.0):
+        self.step, self.seen, self.seconds = step, seen, seconds
+        self.loss_sum = torch.tensor(float(loss_sum), dtype=torch.float64, device=device)
+        self.correct = torch.tensor(int(correct), dtype=torch.int64, device=device)
+
+    def as_dict(self) -> dict:
+        return {"step": self.step, "loss_sum": float(self.loss_sum), "correct": int(self.correct),
+                "seen": self.seen, "seconds": self.seconds}
+
+    @classmethod
+    def from_dict(cls, device, d: dict | None) -> EpochState:
+        return cls(device, **(d or {}))
 
 
 def train_one_epoch(model, loader, optimizer, device, *, epoch=0, scheduler=None, after_step=None,
-                    amp_dtype=None, label_smoothing=0.0, progress=None) -> dict:
-    """Train over `loader` once. `after_step()` runs after every optimiser step (wm: the mirror step).
-    `scheduler` steps once per batch. Raises NonFiniteLoss naming epoch and batch on a NaN/inf loss."""
+                    amp_dtype=None, label_smoothing=0.0, state: EpochState | None = None, sync_every=50,
+                    on_sync=None) -> dict:
+    """Train over `loader` (already positioned at `state.step` by its set_epoch) once.
+
+    `after_step()` runs after every optimiser step (wm: the mirror step); `scheduler` steps once per batch.
+    Every `sync_every` steps and after the last one the host reads the device's flags: a NaN/inf loss raises
+    NonFiniteLoss naming epoch and the step window; then `on_sync(state, last)` runs and may return True to
+    stop the epoch early (a preemption signal). Under DDP every rank syncs at the same steps and the flags are
+    all-reduced, so all ranks stop together. Returns the epoch's (or the part's) train metrics and "stopped".
+    """
     model.train()
-    loss_sum, correct, seen, start = 0.0, 0, 0, time.perf_counter()
-    for i, (images, targets) in enumerate(loader):
-        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+    state = state or EpochState(device)
+    bad = torch.zeros((), dtype=torch.int32, device=device)
+    start, window, stopped = time.perf_counter(), state.step, False
+    total = len(loader)
+    for images, targets in loader:
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             logits = model(images)
             loss = F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
-        loss_value = loss.item()
-        finite = math.isfinite(loss_value)
-        if torch.distributed.is_initialized():  # every rank stops together (else the others hang in backward)
-            flag = torch.tensor([0.0 if finite else 1.0], device=device)
-            torch.distributed.all_reduce(flag)
-            finite = flag.item() == 0
-        if not finite:
-            what = loss_value if not math.isfinite(loss_value) else "not finite on another rank"
-            raise NonFiniteLoss(f"loss is {what} at epoch {epoch}, batch {i}: lower the learning "
-                                "rate (train.lr) or check the input data")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -69,35 +89,50 @@ def train_one_epoch(model, loader, optimizer, device, *, epoch=0, scheduler=None
             scheduler.step()
         if after_step is not None:
             after_step()
-        n = targets.shape[0]
-        loss_sum += loss_value * n
-        correct += accuracy_counts(logits.detach(), targets, ks=(1,))[0]
-        seen += n
-        if progress is not None:
-            progress.update(1)
-            progress.set_postfix(loss=f"{loss_sum / seen:.3f}", refresh=False)
-    seconds = time.perf_counter() - start
-    return {"train_loss": loss_sum / max(seen, 1), "train_top1": correct / max(seen, 1),
-            "images_per_s": seen / seconds, "train_seconds": seconds}
+        loss = loss.detach()
+        bad += ~torch.isfinite(loss)
+        state.loss_sum += loss.double() * targets.shape[0]
+        state.correct += accuracy_counts(logits.detach(), targets, ks=(1,))[0]
+        state.seen += targets.shape[0]
+        state.step += 1
+        last = state.step >= total
+        if state.step % sync_every == 0 or last:
+            flags = bad.clone().float().view(1)
+            if torch.distributed.is_initialized():
+                torch.distributed.all_reduce(flags)
+            if flags.item() > 0:  # the one host sync of the window
+                raise NonFiniteLoss(f"loss not finite at epoch {epoch}, between steps {window + 1} and "
+                                    f"{state.step}: lower the learning rate (train.lr) or check the input data")
+            window = state.step
+            state.seconds += time.perf_counter() - start
+            start = time.perf_counter()
+            if on_sync is not None and on_sync(state, last) and not last:
+                stopped = True
+                break
+    state.seconds += time.perf_counter() - start
+    seen = max(state.seen, 1)
+    return {"train_loss": float(state.loss_sum) / seen, "train_top1": int(state.correct) / seen,
+            "images_per_s": state.seen / max(state.seconds, 1e-9), "train_seconds": state.seconds,
+            "stopped": stopped}
 
 
 @torch.no_grad()
 def evaluate(model, loader, device, *, amp_dtype=None) -> dict:
-    """Loss, top-1 and top-5 error over the whole of `loader` in eval mode (summed over DDP ranks)."""
+    """Loss, top-1 and top-5 error over the whole of `loader` in eval mode (summed over DDP ranks, each
+    holding its own shard of the images)."""
     model.eval()
-    loss_sum, top1, top5, seen, start = 0.0, 0, 0, 0, time.perf_counter()
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top-1 hits, top-5 hits, images
+    start = time.perf_counter()
     for images, targets in loader:
-        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             logits = model(images)
-        loss_sum += float(F.cross_entropy(logits.float(), targets, reduction="sum"))
-        c1, c5 = accuracy_counts(logits, targets)
-        top1, top5, seen = top1 + c1, top5 + c5, seen + targets.shape[0]
+        sums[0] += F.cross_entropy(logits.float(), targets, reduction="sum")
+        sums[1:3] += accuracy_counts(logits, targets)
+        sums[3] += targets.shape[0]
     if torch.distributed.is_initialized():
-        sums = torch.tensor([loss_sum, top1, top5, seen], dtype=torch.float64, device=device)
         torch.distributed.all_reduce(sums)
-        loss_sum, top1, top5, seen = sums.tolist()
-        seen = int(seen)
+    loss_sum, top1, top5, seen = sums.tolist()
+    seen = int(seen)
     seconds = time.perf_counter() - start
     return {"val_loss": loss_sum / max(seen, 1), "val_top1_err": 1 - top1 / max(seen, 1),
             "val_top5_err": 1 - top5 / max(seen, 1), "val_images": seen, "val_seconds": seconds}

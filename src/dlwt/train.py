@@ -1,49 +1,67 @@
-"""Train one (arch, rule, seed): resumable, CPU or CUDA, single process or DDP under torchrun.
+"""Train one (arch, rule, seed): resumable, preemption-safe, CPU or CUDA, one process or DDP under torchrun.
 
     dlwt train --params params.yaml --arch resnet18 --rule wm --seed 0 --out results/imagenet/runs/resnet18-wm-s0
-    torchrun --nproc_per_node 8 -m dlwt train --params params.yaml --arch resnet50 --rule kp --seed 0 --out ...
     dlwt train --params params.yaml --overlay config/demo.yaml --arch resnet18 --rule kp --seed 0 --out ...
 
-Each epoch rewrites <out>/metrics.jsonl (one line per epoch) and <out>/checkpoints/last.pt atomically;
-running the same command again resumes from last.pt (on CPU the resumed run ends with exactly the metrics
-of an uninterrupted one). <out>/checkpoints/final.pt is written last: its presence means the run finished.
+With train.gpus > 1 the command claims its GPUs and re-executes itself under torchrun (DDP, one node).
+Each epoch rewrites <out>/metrics.jsonl and <out>/checkpoints/last.pt atomically; so does a mid-epoch
+checkpoint every train.checkpoint_minutes and on SIGTERM/SIGINT (SLURM's time limit, Ctrl-C), after which the
+run exits 128+signal. Running the same command again resumes from last.pt (on CPU with the torchvision
+backend, a run stopped anywhere ends with exactly the metrics of an uninterrupted one), or starts afresh,
+keeping the old file, when a setting the run depends on changed (it names the key). final.pt (weights, B and
+metadata) is written last: its presence means the run finished; a finished last.pt is never retrained unless
+--restart says so. One `dlwt train` per run folder: a second one stops at once naming the holder's pid.
 """
 from __future__ import annotations
 
+import argparse
+import fcntl
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
 
 import dlwt
-from dlwt.engine import NonFiniteLoss, evaluate, sgd, train_one_epoch
+from dlwt import ddp, devices, layout
+from dlwt.engine import EpochState, NonFiniteLoss, evaluate, sgd, train_one_epoch
+from dlwt.errors import DlwtError
+from dlwt.progress import Progress
 from dlwt.provenance import atomic_write, provenance, write_json_atomic
 
+FORMAT = "dlwt-checkpoint-2"
+# Settings that say where and how fast a run goes, not what it computes: editing them neither reruns nor restarts.
+OPERATIONAL = {"data": ("num_workers", "os_cache", "root", "raw_dir", "urls", "imagefolder", "synthetic", "digits"),
+               "train": ("grad_batch", "check_every", "checkpoint_minutes", "log_every", "device")}
 
-def _recipe(params: dict) -> dict:
-    """What a checkpoint must have been made with to be resumed (data paths, workers and the list of
-    runs may change)."""
-    return {"train": params["train"], "mirror": params["mirror"], "stem": params["model"]["stem"]}
+
+def run_settings(params: dict, rule: str) -> dict:
+    """What a train run of `rule` computes with: data loading and recipe, the stem, mirror.* for wm only."""
+    keep = {s: {k: v for k, v in params[s].items() if k not in OPERATIONAL.get(s, ())} for s in ("data", "train")}
+    keep["data"] = {k: v for k, v in keep["data"].items()
+                    if k not in ("max_resolution", "jpeg_quality", "compress_probability", "write_mode",
+                                 "page_size", "on_corrupt", "source", "dataset")}
+    keep["model.stem"] = params["model"]["stem"]
+    if rule == "wm":
+        keep["mirror"] = params["mirror"]
+    return keep
 
 
-def setup_distributed():
-    """(rank, world_size, device) from torchrun's environment, or a single process."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1:
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        if torch.cuda.is_available():
-            torch.cuda.set_device(local)
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        rank = dist.get_rank()
-    else:
-        rank, local = 0, 0
-    device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
-    return rank, world, device
+def changed_key(old: dict, new: dict, prefix: str = "") -> str | None:
+    """The first dotted key whose value differs between two settings dicts, or None."""
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found = changed_key(a, b, f"{prefix}{k}.")
+            if found:
+                return found
+        elif a != b:
+            return f"{prefix}{k}"
+    return None
 
 
 def lr_lambda(train_cfg: dict, steps_per_epoch: int):
@@ -62,161 +80,268 @@ def lr_lambda(train_cfg: dict, steps_per_epoch: int):
     return factor
 
 
-def _rng_state(mirror_gen):
-    return {"torch": torch.get_rng_state(), "mirror": mirror_gen.get_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-
-
-def _set_rng_state(state, mirror_gen):
-    torch.set_rng_state(state["torch"])
-    mirror_gen.set_state(state["mirror"])
-    if state["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def save_atomic(obj, path: Path) -> None:
+    """torch.save to a per-process temp name, then rename: a kill mid-write never leaves half a checkpoint."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
-def _write_metrics(path: Path, rows: list[dict]) -> None:
-    atomic_write(path, "".join(json.dumps(r) + "\n" for r in rows))
+def load_checkpoint(path: Path) -> dict | None:
+    """A dlwt checkpoint as data (weights_only: a crafted file cannot run code), on the CPU whatever device
+    saved it (RNG states must be CPU ByteTensors); None if absent; one-line DlwtError if unreadable."""
+    if not path.exists():
+        return None
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 (truncated: RuntimeError; pickled code: UnpicklingError; ...)
+        raise DlwtError(f"{path}: not a readable dlwt checkpoint ({type(e).__name__}); move it away to start "
+                        "the run afresh") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise DlwtError(f"{path}: not a {FORMAT} file; move it away to start the run afresh")
+    return ckpt
 
 
-def train(params: dict, arch: str, rule: str, seed: int, out: Path) -> dict:
-    """Run (or resume) one training run; returns the last epoch's metrics."""
-    from dlwt.data.loaders import make_loader
+def lock_run(run: layout.Run):
+    """Hold run.lock for the life of the process; DlwtError naming the holder when another process has it."""
+    run.out.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run.lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise DlwtError(f"{run.out} is being trained by another process (pid {holder}, lock {run.lock}): wait "
+                        "for it, or stop it first") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
-    out = Path(out)
-    rank, world, device = setup_distributed()
-    cuda = device.type == "cuda"
-    tcfg, mcfg = params["train"], params["mirror"]
-    amp_dtype = torch.bfloat16 if cuda and tcfg["amp"] == "bf16" else None
-    if cuda:
-        torch.backends.cudnn.benchmark = True
-    fmt = torch.channels_last if tcfg["channels_last"] else torch.contiguous_format
 
-    train_loader = make_loader("train", params["data"], device, distributed=world > 1)
-    val_loader = make_loader("val", params["data"], device, distributed=world > 1)
+class StopSignal:
+    """SIGTERM/SIGINT set a flag the loop reads at its next sync point (a second Ctrl-C stops at once)."""
+
+    def __init__(self):
+        self.signum = None
+        self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def _handle(self, signum, frame):
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def restore(self):
+        for s, h in self.previous.items():
+            signal.signal(s, h)
+
+
+def fixed_batch(loader, n: int):
+    """The first n images (and labels) of a sequential loader."""
+    xs, ys, have = [], [], 0
+    loader.set_epoch(0)
+    for x, y in loader:
+        xs.append(x)
+        ys.append(y)
+        have += y.shape[0]
+        if have >= n:
+            break
+    return torch.cat(xs)[:n], torch.cat(ys)[:n]
+
+
+def train(params: dict, arch: str, rule: str, seed: int, out: Path, *, restart: bool = False) -> dict:
+    """Run, resume or finish one training run; returns {"status": "finished"|"stopped", "signal", "metrics"}."""
+    from dlwt.data.loaders import make_loader, res_for_epoch
+
+    run = layout.Run(out)
+    tcfg, mcfg, dcfg = params["train"], params["mirror"], params["data"]
+    rank, world, dev = ddp.setup(tcfg)
+    lock = lock_run(run) if rank == 0 else None
+    settings = run_settings(params, rule)
+    ckpt = load_checkpoint(run.last)
+    if ckpt is not None and (ckpt["arch"], ckpt["rule"], ckpt["seed"]) != (arch, rule, seed):
+        raise DlwtError(f"{run.last} is {layout.run_id(ckpt['arch'], ckpt['rule'], ckpt['seed'])}, not "
+                        f"{layout.run_id(arch, rule, seed)}: use another --out, or move it away")
+    key = None if ckpt is None else changed_key(ckpt["settings"], settings)
+    if ckpt is not None and (key or restart):
+        stale = run.last.with_name(f"last-stale-{int(time.time())}.pt")
+        if rank == 0:
+            os.replace(run.last, stale)
+            why = f"setting {key} changed" if key else "--restart"
+            print(f"dlwt train: {why}; moved {run.last.name} to {stale.name} and starting afresh", file=sys.stderr)
+        ckpt = None
+    finished = ckpt is not None and ckpt["epoch"] >= tcfg["epochs"] and not ckpt.get("step")
+    if finished:  # a rerun after the runner removed final.pt (snakemake --rerun-incomplete): no retraining
+        if rank == 0:
+            _write_final(ckpt, run)
+            write_json_atomic(run.config, ckpt["run_info"])
+            atomic_write(run.metrics, "".join(json.dumps(r) + "\n" for r in ckpt["metrics"]))
+            print(f"dlwt train: {run.last} is a finished run; rewrote {run.final.name} from it (--restart "
+                  "retrains)", file=sys.stderr)
+        return {"status": "finished", "signal": None, "metrics": ckpt["metrics"][-1]}
+
+    train_loader = make_loader("train", dcfg, dev.torch, rank=rank, world=world)
+    val_loader = make_loader("val", dcfg, dev.torch, rank=rank, world=world)
     torch.manual_seed(seed)  # the same W and B on every rank
     model = dlwt.models.build(arch, train_loader.num_classes, rule, params["model"]["stem"])
-    model = model.to(device, memory_format=fmt)
-    global_batch = params["data"]["batch_size"] * world
+    model = model.to(dev.torch, memory_format=dev.memory_format)
+    global_batch = dcfg["batch_size"] * world
     lr = tcfg["lr"] * global_batch / tcfg["lr_batch"]
     opt = sgd(model, lr, tcfg["momentum"], tcfg["weight_decay"], tcfg["nesterov"])
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tcfg, len(train_loader)))
-    mirror_gen = torch.Generator(device=device).manual_seed(seed)  # alike on every rank
+    lr_factor = lr_lambda(tcfg, len(train_loader))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    mirror_gen = torch.Generator(device=dev.torch).manual_seed(seed)  # alike on every rank
     mirror = {k: mcfg[k] for k in ("noise_std", "lr", "weight_decay", "batch_size", "size")}
-
-    last, metrics_path = out / "checkpoints" / "last.pt", out / "metrics.jsonl"
-    rows, start_epoch = [], 0
-    ckpt = torch.load(last, map_location=device, weights_only=False) if last.exists() else None
-    if ckpt is not None and (ckpt["arch"], ckpt["rule"], ckpt["seed"]) != (arch, rule, seed):
-        raise SystemExit(f"dlwt train: {last} is {ckpt['arch']}-{ckpt['rule']}-s{ckpt['seed']}, not "
-                         f"{arch}-{rule}-s{seed}; use another --out or delete it")
-    # Start afresh, keeping the old checkpoint, when params were edited (dvc repro, snakemake rerun) or when
-    # the run had finished and its final.pt was removed (snakemake --forcerun / dvc repro -f: a recompute).
-    why = None if ckpt is None else ("was made with other train/mirror/stem params"
-                                      if _recipe(ckpt["params"]) != _recipe(params) else
-                                      "is a finished run whose final.pt was removed"
-                                      if ckpt["epoch"] >= tcfg["epochs"] else None)
-    if why:
-        stale = last.with_name(f"last-stale-{int(time.time())}.pt")
-        if rank == 0:
-            os.replace(last, stale)
-            print(f"dlwt train: {last} {why}; moved it to {stale.name} and starting afresh", file=sys.stderr)
-        ckpt = None
+    rows, epoch0, epoch_state = [], 0, None
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
+        model.load_state_dict(ckpt["model"])  # CPU tensors copied into the device's parameters
+        opt.load_state_dict(ckpt["optimizer"])  # moves its state to the parameters' device
         sched.load_state_dict(ckpt["scheduler"])
-        _set_rng_state(ckpt["rng"], mirror_gen)
-        start_epoch = ckpt["epoch"]
-        rows = ckpt["metrics"]  # lines written after this checkpoint belong to an epoch that is redone
+        if ckpt["mirror_rng"] is not None:
+            mirror_gen.set_state(ckpt["mirror_rng"])
+        epoch0, rows, epoch_state = ckpt["epoch"], ckpt["metrics"], ckpt.get("epoch_state")
         if rank == 0:
-            _write_metrics(metrics_path, rows)  # a runner may have deleted it when the killed job failed
-            print(f"dlwt train: resuming {out} after epoch {start_epoch}", file=sys.stderr)
+            atomic_write(run.metrics, "".join(json.dumps(r) + "\n" for r in rows))  # a runner may have deleted it
+            where = f"epoch {epoch0 + 1}, step {epoch_state['step']}" if epoch_state else f"after epoch {epoch0}"
+            print(f"dlwt train: resuming {out} at {where}", file=sys.stderr)
     elif rule == "wm" and mcfg["warmup_steps"]:
         dlwt.mirror_step(model, steps=mcfg["warmup_steps"], generator=mirror_gen, **mirror)
 
-    prov = provenance(params, world_size=world, device=device)
-    run_info = {"arch": arch, "rule": rule, "seed": seed, "lr": lr, "global_batch": global_batch, **prov}
+    run_info = {"arch": arch, "rule": rule, "seed": seed, "lr": lr, "global_batch": global_batch,
+                **provenance(params, world_size=world, device=dev.torch)}
     if rank == 0:
-        write_json_atomic(out / "config.json", run_info)
-    net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None) \
-        if world > 1 else model
+        write_json_atomic(run.config, run_info)
+    net = ddp.wrap(model, dev, opt) if world > 1 else model
     step_model = torch.compile(net) if tcfg["compile"] else net
-    mirror_every = _MirrorEvery(mcfg["every"], mcfg["steps"], mirror_gen, mirror) if rule == "wm" else None
+    after_step = _mirror_every(model, mcfg, mirror_gen, mirror) if rule == "wm" else None
+    probe = fixed_batch(val_loader, tcfg["align_batch"]) if tcfg["align_batch"] and rank == 0 else None
+    name = layout.run_id(arch, rule, seed)
 
-    for epoch in range(start_epoch, tcfg["epochs"]):
-        torch.manual_seed(seed * 100003 + epoch)  # augmentation/shuffle RNG independent of resume
-        train_loader.set_epoch(epoch)
-        bar = tqdm(total=len(train_loader), desc=f"{arch}-{rule}-s{seed} epoch {epoch + 1}/{tcfg['epochs']}",
-                   leave=False, disable=rank != 0 or not sys.stderr.isatty())
-        current_lr = sched.get_last_lr()[0]
-        try:
-            stats = train_one_epoch(step_model, train_loader, opt, device, epoch=epoch + 1, scheduler=sched,
-                                    after_step=mirror_every and mirror_every(model),
-                                    amp_dtype=amp_dtype, label_smoothing=tcfg["label_smoothing"],
-                                    progress=bar)
-        except NonFiniteLoss as e:
-            raise SystemExit(f"dlwt train: {e}; the last good checkpoint is kept at {last}") from None
-        finally:
-            bar.close()
-        stats.update(evaluate(model, val_loader, device, amp_dtype=amp_dtype))
-        stats["images_per_s"] *= world
-        row = {"epoch": epoch + 1, "lr": current_lr, **stats, "seconds": stats["train_seconds"] +
-               stats["val_seconds"], "alignment": dlwt.alignment(model)}
-        rows.append(row)
+    def checkpoint(epoch_done: int, state: EpochState | None) -> None:
+        save_atomic({"format": FORMAT, "arch": arch, "rule": rule, "seed": seed, "epoch": epoch_done,
+                     "step": state.step if state else 0, "epoch_state": state.as_dict() if state else None,
+                     "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                     "mirror_rng": mirror_gen.get_state() if rule == "wm" else None, "metrics": rows,
+                     "settings": settings, "run_info": run_info, "stem": params["model"]["stem"],
+                     "num_classes": train_loader.num_classes}, run.last)
+
+    stop = StopSignal()
+    stopped = None
+    try:
+        for epoch in range(epoch0, tcfg["epochs"]):
+            state = EpochState.from_dict(dev.torch, epoch_state)
+            epoch_state = None
+            res = res_for_epoch(dcfg, epoch)
+            train_loader.set_epoch(epoch, start=state.step, res=res)
+            bar = Progress(len(train_loader), f"{name} epoch {epoch + 1}/{tcfg['epochs']}", initial=state.step,
+                           enabled=rank == 0)
+            last_save = time.monotonic()
+
+            def on_sync(state, last, epoch=epoch, bar=bar):
+                nonlocal last_save, stopped
+                if rank == 0 and (state.step - bar.n >= tcfg["log_every"] or last):
+                    bar.update(state.step - bar.n, loss=float(state.loss_sum) / max(state.seen, 1),
+                               img_s=state.seen / max(state.seconds, 1e-9), lr=sched.get_last_lr()[0])
+                flag = torch.tensor([0.0 if stop.signum is None else float(stop.signum)], device=dev.torch)
+                if world > 1:
+                    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                if flag.item() and not last:
+                    stopped = int(flag.item())
+                    if rank == 0:
+                        checkpoint(epoch, state)
+                    return True
+                minutes = tcfg["checkpoint_minutes"]
+                if rank == 0 and minutes and not last and time.monotonic() - last_save > 60 * minutes:
+                    checkpoint(epoch, state)
+                    last_save = time.monotonic()
+                return False
+
+            try:
+                stats = train_one_epoch(step_model, train_loader, opt, dev.torch, epoch=epoch + 1, scheduler=sched,
+                                        after_step=after_step, amp_dtype=dev.amp_dtype,
+                                        label_smoothing=tcfg["label_smoothing"], state=state,
+                                        sync_every=min(tcfg["check_every"], tcfg["log_every"]), on_sync=on_sync)
+            except NonFiniteLoss as e:
+                kept = f"the last good checkpoint is kept at {run.last}" if run.last.exists() else \
+                    "no checkpoint was written yet (a rerun starts afresh)"
+                raise DlwtError(f"{name}: {e}; {kept}") from None
+            finally:
+                bar.close()
+            if stopped:
+                break
+            ddp.sync_buffers(model)
+            stats.update(evaluate(model, val_loader, dev.torch, amp_dtype=dev.amp_dtype))
+            stats["images_per_s"] *= world
+            row = {"epoch": epoch + 1, "lr": lr * lr_factor(epoch * len(train_loader)), "res": res,
+                   **{k: v for k, v in stats.items() if k != "stopped"},
+                   "seconds": stats["train_seconds"] + stats["val_seconds"], "alignment": dlwt.alignment(model)}
+            if probe is not None:
+                model.eval()  # BatchNorm's running statistics: the angle does not depend on the batch's size
+                row["grad_alignment"] = dlwt.gradient_alignment(model, *probe)
+            rows.append(row)
+            if rank == 0:
+                atomic_write(run.metrics, "".join(json.dumps(r) + "\n" for r in rows))
+                checkpoint(epoch + 1, None)
+                print(f"{name} epoch {epoch + 1}/{tcfg['epochs']}: train loss {row['train_loss']:.4f}, val top-1 "
+                      f"err {row['val_top1_err']:.4f}, top-5 err {row['val_top5_err']:.4f}, "
+                      f"{row['images_per_s']:.0f} img/s", flush=True)
+    finally:
+        stop.restore()
+    if stopped:
         if rank == 0:
-            _write_metrics(metrics_path, rows)
-            save_atomic({"arch": arch, "rule": rule, "seed": seed, "epoch": epoch + 1,
-                         "model": model.state_dict(), "optimizer": opt.state_dict(),
-                         "scheduler": sched.state_dict(), "rng": _rng_state(mirror_gen), "metrics": rows,
-                         "params": params, "provenance": prov}, last)
-            print(f"{arch}-{rule}-s{seed} epoch {epoch + 1}/{tcfg['epochs']}: train loss "
-                  f"{row['train_loss']:.4f}, val top-1 err {row['val_top1_err']:.4f}, top-5 err "
-                  f"{row['val_top5_err']:.4f}, {row['images_per_s']:.0f} img/s", flush=True)
-    if rank == 0:
-        final = torch.load(last, map_location="cpu", weights_only=False)
-        save_atomic(final, out / "checkpoints" / "final.pt")
+            print(f"dlwt train: {name} stopped by {signal.Signals(stopped).name} at a mid-epoch checkpoint "
+                  f"({run.last}); rerun the same command to resume", file=sys.stderr, flush=True)
+    elif rank == 0:
+        _write_final(load_checkpoint(run.last), run)
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
-    return rows[-1] if rows else {}
+    if lock is not None:
+        os.close(lock)
+    return {"status": "stopped" if stopped else "finished", "signal": stopped, "metrics": rows[-1] if rows else {}}
 
 
-class _MirrorEvery:
-    """After every `every`-th training step, `steps` mirror steps (wm), on the unwrapped model."""
+def _write_final(ckpt: dict, run: layout.Run) -> None:
+    """final.pt: what evaluation and users need (weights with B, metadata), not the optimiser's state."""
+    keep = ("format", "arch", "rule", "seed", "epoch", "model", "metrics", "settings", "run_info", "stem",
+            "num_classes")
+    save_atomic({k: ckpt[k] for k in keep}, run.final)
 
-    def __init__(self, every, steps, generator, kwargs):
-        self.every, self.steps, self.generator, self.kwargs, self.count = every, steps, generator, kwargs, 0
 
-    def __call__(self, model):
-        def after_step():
-            self.count += 1
-            if self.count % self.every == 0:
-                dlwt.mirror_step(model, steps=self.steps, generator=self.generator, **self.kwargs)
-        return after_step
+def _mirror_every(model, mcfg, generator, kwargs):
+    """wm: `mirror.steps` mirror steps after every `mirror.every`-th training step, on the unwrapped model."""
+    count = 0
+
+    def after_step():
+        nonlocal count
+        count += 1
+        if count % mcfg["every"] == 0:
+            dlwt.mirror_step(model, steps=mcfg["steps"], generator=generator, **kwargs)
+    return after_step
 
 
 def main(args) -> int:
     from dlwt.params import load
+
     params = load(args.params, args.overlay)
-    gpus = params["train"]["gpus"]
-    if gpus > 1 and "WORLD_SIZE" not in os.environ:  # relaunch this very command under torchrun
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
+    tcfg = params["train"]
+    if "WORLD_SIZE" not in os.environ and tcfg["device"] != "cpu":
+        devices.claim_gpus(tcfg["gpus"])  # before CUDA starts and before torchrun: this job's own GPUs
+    if tcfg["gpus"] > 1 and "WORLD_SIZE" not in os.environ:  # relaunch this very command under torchrun
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={tcfg['gpus']}",
                "-m", "dlwt", *sys.argv[1:]]
         print("dlwt train: " + " ".join(cmd), file=sys.stderr, flush=True)
         os.execv(sys.executable, cmd)
-    train(params, args.arch, args.rule, args.seed, Path(args.out))
-    return 0
+    result = train(params, args.arch, args.rule, args.seed, Path(args.out), restart=args.restart)
+    return 128 + result["signal"] if result["signal"] else 0
 
 
 def add_run_arguments(p) -> None:
-    """--params/--overlay/--arch/--rule/--seed, shared with `dlwt evaluate`."""
+    """--params/--overlay/--arch/--rule/--seed, shared with `dlwt evaluate` and `dlwt doctor`."""
     p.add_argument("--params", default="params.yaml")
     p.add_argument("--overlay", action="append", default=[], help="YAML deep-merged over --params (repeatable)")
     p.add_argument("--arch", required=True, choices=dlwt.models.ARCHS)
@@ -226,7 +351,9 @@ def add_run_arguments(p) -> None:
 
 def add_subparser(sub) -> None:
     p = sub.add_parser("train", help="train one (arch, rule, seed); resumes from <out>/checkpoints/last.pt",
-                       description=__doc__, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_arguments(p)
     p.add_argument("--out", required=True, help="run folder, e.g. results/<exp>/runs/<arch>-<rule>-s<seed>")
+    p.add_argument("--restart", action="store_true", help="start afresh even if last.pt matches (kept aside)")
     p.set_defaults(func=main)
+

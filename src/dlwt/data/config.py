@@ -34,6 +34,8 @@ DATA_DEFAULTS = {
     "batch_size": 256,  # per process
     "res": 224,  # train crop size (RandomResizedCrop); val crop size too
     "val_res": None,  # None -> res
+    "min_res": None,  # progressive resizing: first train resolution (None: data.res throughout)
+    "ramp": (0, 0),  # epochs where the resolution ramp from min_res to res starts and ends
     "train_crop_scale": (0.08, 1.0),  # RandomResizedCrop's range of crop area (torchvision's default)
     "train_flip": True,           # random horizontal flip (off for data where mirroring changes meaning: digits)
     "crop_ratio": 224 / 256,  # val: centre crop of ratio * shorter side (the usual resize-256/crop-224)

@@ -2,10 +2,18 @@
 
     from dlwt.data.loaders import make_loader
     loader = make_loader("train", {"dataset": "imagenet", "batch_size": 256}, torch.device("cuda"))
-    for images, labels in loader: ...   # float32 NCHW channels_last, normalised; int64 labels; on device
+    loader.set_epoch(3)                       # the order (and torchvision's augmentation) of epoch 3
+    for images, labels in loader: ...         # float32 NCHW channels_last, normalised; int64 labels; on device
 
 train: random-resized crop to res (scale 0.08-1, ratio 3/4-4/3) + horizontal flip; val: centre crop of
-crop_ratio x shorter side (224/256) resized to val_res. Both normalise with the ImageNet mean/std.
+crop_ratio x shorter side (224/256) resized to val_res. One code path for every device: both backends send
+uint8 images to the device and `normalize` turns them into floats there with torch ops (no FFCV GPU-only
+transform: FFCV's NormalizeImage after ToDevice(cuda) imports cupy, ffcv/transforms/normalize.py
+generate_code_gpu). Under DDP a val split is sharded without padding, so every image counts exactly once.
+
+Reproducibility: the torchvision backend seeds each image's augmentation by (seed, epoch, index), so a run
+is the same whatever the worker count and a run resumed mid-epoch sees what an uninterrupted one saw.
+FFCV draws its random crops from numba's unseeded generator: its order is seeded, its crops are not.
 """
 
 import os
@@ -17,114 +25,159 @@ import torch
 from dlwt.data import DataError, ffcv_dir, images_dir
 from dlwt.data.config import MEAN, STD, resolve
 from dlwt.data.imagefolder import read_classes, scan
+from dlwt.devices import workers
+
+_STATS = {}
+
+
+def normalize(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 NCHW (any device) -> float32 on `device`, channels_last, (x - mean) / std. The same function for
+    CPU, CUDA and the meta device the tests stand in with."""
+    key = (device.type, device.index)
+    if key not in _STATS:
+        _STATS[key] = tuple(torch.tensor(v, dtype=torch.float32, device=device).view(1, 3, 1, 1) for v in (MEAN, STD))
+    mean, std = _STATS[key]
+    x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+    return x.float().sub_(mean).div_(std)
+
+
+def res_for_epoch(c: dict, epoch: int) -> int:
+    """Train resolution of (0-based) `epoch`: data.res, or with data.min_res set, ffcv-imagenet's progressive
+    resizing: min_res until data.ramp[0], then linear to data.res at data.ramp[1], rounded to a multiple of 32
+    (of 8 below 128 px, for small images)."""
+    lo, hi = c.get("min_res"), c["res"]
+    if not lo:
+        return hi
+    start, end = c.get("ramp") or (0, 0)
+    if epoch <= start:
+        return lo
+    if epoch >= end:
+        return hi
+    step = 32 if hi >= 128 else 8
+    return max(step, int(round(float(np.interp(epoch, [start, end], [lo, hi])) / step)) * step)
+
+
+class EpochOrder(torch.utils.data.Sampler):
+    """Indices of one epoch for one rank: a permutation drawn from (seed, epoch) (train) or 0..n-1 (val),
+    rank r taking every world-th; train drops the tail so every rank has as many; `start` skips what a resumed
+    run already trained on. Replaces DistributedSampler and the loader's generator with one rule."""
+
+    def __init__(self, n, *, shuffle, seed, rank=0, world=1, batch_size=1):
+        self.n, self.shuffle, self.seed, self.rank, self.world, self.batch = n, shuffle, seed, rank, world, batch_size
+        self.epoch, self.start = 0, 0
+
+    def _indices(self):
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+            order = order[: self.n // self.world * self.world]  # equal shares (train drops the tail anyway)
+        else:
+            order = list(range(self.n))
+        return order[self.rank :: self.world]
+
+    def __iter__(self):
+        return iter(self._indices()[self.start * self.batch :])
+
+    def __len__(self):
+        return max(0, len(self._indices()) - self.start * self.batch)
 
 
 class Batches:
     """(images, labels) batches on `device`, plus what a trainer needs to know about the data."""
 
-    def __init__(self, loader, *, device, num_images, classes, skipped=(), sampler=None, on_corrupt="skip",
-                 seed=0):
-        self.loader, self.device, self.sampler, self.on_corrupt = loader, device, sampler, on_corrupt
-        self.seed = seed
+    def __init__(self, loader, *, device, num_images, classes, skipped=(), on_corrupt="skip", order=None,
+                 dataset=None, decoder=None, full_batches=None):
+        self.loader, self.device, self.on_corrupt = loader, device, on_corrupt
+        self.order, self.dataset, self.decoder = order, dataset, decoder  # torchvision's / FFCV's handles
         self.num_images, self.classes, self.num_classes = num_images, classes, len(classes)
-        self.skipped = list(
-            skipped
-        )  # corrupt images left out: from the sidecar (ffcv) or as met (torchvision)
+        self.skipped = list(skipped)  # corrupt images left out: from the sidecar (ffcv) or as met (torchvision)
+        self._len = full_batches if full_batches is not None else len(loader)
+        self._skip = 0
 
     def __len__(self):
-        return len(self.loader)
+        """Batches in a whole epoch (the scheduler's steps per epoch), whatever set_epoch's `start`."""
+        return self._len
 
-    def set_epoch(self, epoch):
-        """Make epoch `epoch`'s order (and torchvision's augmentation seeds) a function of (seed, epoch)
-        alone, so that a run resumed at this epoch sees the data an uninterrupted run would."""
-        if self.sampler is not None:
-            self.sampler.set_epoch(epoch)
-        if hasattr(self.loader, "next_epoch"):  # FFCV: its order is drawn from (seed, next_epoch)
+    def set_epoch(self, epoch, start=0, res=None):
+        """Make the next pass epoch `epoch`'s data, a function of (seed, epoch) alone, beginning at batch
+        `start` (a run resumed mid-epoch), at train resolution `res` (progressive resizing)."""
+        if self.order is not None:  # torchvision
+            self.order.epoch, self.order.start = epoch, start
+            self.dataset.epoch = epoch
+            if res is not None:
+                self.dataset.set_res(res)
+            self._skip = 0
+        else:  # FFCV: its order is drawn from (seed, next_epoch); skipped batches are read and dropped
             self.loader.next_epoch = epoch
-        elif getattr(self.loader, "generator", None) is not None:  # shuffle and worker base seeds
-            self.loader.generator.manual_seed(self.seed * 100003 + epoch)
+            if res is not None and self.decoder is not None:
+                self.decoder.output_size = (res, res)  # as ffcv-imagenet does between epochs
+            self._skip = start
 
     def __iter__(self):
-        for batch in self.loader:
+        skip, self._skip = self._skip, 0
+        for i, batch in enumerate(self.loader):
+            if i < skip:
+                continue
             if len(batch) == 3:  # torchvision: (x, y, corrupt files met in this batch)
                 x, y, bad = batch
                 for path, err in bad:
                     if self.on_corrupt == "fail":
-                        raise DataError(
-                            f"{path}: corrupt image ({err}); delete or replace it, or set "
-                            "data.on_corrupt=skip to leave it out"
-                        )
+                        raise DataError(f"{path}: corrupt image ({err}); delete or replace it, or set "
+                                        "data.on_corrupt=skip to leave it out")
                     print(f"dlwt: skipped corrupt image {path} ({err})", file=sys.stderr)
                     self.skipped.append(path)
                 if len(y) == 0:
                     continue
-                x = x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-                y = y.to(self.device, non_blocking=True)
             else:
                 x, y = batch
-            yield x, y
+            yield normalize(x, self.device), y.to(self.device, non_blocking=True)
 
 
-def _workers(n):
-    return max(0, min(int(n), os.cpu_count() or 1))
-
-
-def ffcv_loader(
-    path, split, *, batch_size, num_workers, res, crop_ratio, device, distributed=False, seed=0, os_cache=True,
-    crop_scale=(0.08, 1.0),
-    flip=True,
-):
-    """FFCV Loader over a .beton with ffcv-imagenet's pipelines; returns the raw ffcv Loader."""
+def ffcv_loader(path, split, *, batch_size, num_workers, res, crop_ratio, device, rank=0, world=1, seed=0,
+                os_cache=True, crop_scale=(0.08, 1.0), flip=True):
+    """(FFCV Loader over a .beton with ffcv-imagenet's decoders, the train decoder or None); uint8 batches."""
     from ffcv.fields.basics import IntDecoder
     from ffcv.fields.rgb_image import CenterCropRGBImageDecoder, RandomResizedCropRGBImageDecoder
     from ffcv.loader import Loader, OrderOption
-    from ffcv.transforms import (
-        NormalizeImage,
-        RandomHorizontalFlip,
-        Squeeze,
-        ToDevice,
-        ToTensor,
-        ToTorchImage,
-    )
+    from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToDevice, ToTensor, ToTorchImage
 
     device = torch.device(device)  # FFCV's ToDevice wants a torch.device, not a string
-    mean, std = np.array(MEAN), np.array(STD)
     if split == "train":
-        decode = [RandomResizedCropRGBImageDecoder((res, res), scale=tuple(crop_scale))]
-        decode += [RandomHorizontalFlip()] if flip else []
+        decoder = RandomResizedCropRGBImageDecoder((res, res), scale=tuple(crop_scale))
+        image = [decoder] + ([RandomHorizontalFlip()] if flip else [])
     else:
-        decode = [CenterCropRGBImageDecoder((res, res), ratio=crop_ratio)]
-    if device.type == "cuda":  # normalise on the GPU after the transfer, as ffcv-imagenet does
-        image = decode + [
-            ToTensor(),
-            ToDevice(device, non_blocking=True),
-            ToTorchImage(),
-            NormalizeImage(mean, std, np.float32),
-        ]
-    else:  # on CPU NormalizeImage after ToTensor hangs Loader.__init__: normalise the numpy batch first
-        image = decode + [NormalizeImage(mean, std, np.float32), ToTensor(), ToDevice(device), ToTorchImage()]
+        decoder = CenterCropRGBImageDecoder((res, res), ratio=crop_ratio)
+        image = [decoder]
+    # uint8 HWC -> tensor -> device -> NCHW view (channels_last); normalize() makes floats on the device.
+    # ToTorchImage(convert_back_int16=False): its int16 path is for NormalizeImage's float16 output only.
+    image += [ToTensor(), ToDevice(device, non_blocking=True), ToTorchImage(channels_last=True,
+                                                                          convert_back_int16=False)]
     # Squeeze(1), not ffcv-imagenet's Squeeze(): that also drops the batch dim of a last batch of one,
     # ToDevice then fails in FFCV's worker thread and the loader waits forever.
     label = [IntDecoder(), ToTensor(), Squeeze(1), ToDevice(device, non_blocking=True)]
-    return Loader(
-        path,
-        batch_size=batch_size,
-        num_workers=max(1, _workers(num_workers)),
-        order=OrderOption.RANDOM if split == "train" else OrderOption.SEQUENTIAL,
-        os_cache=os_cache,
-        drop_last=(split == "train"),
-        distributed=distributed,
-        seed=seed,
-        pipelines={"image": image, "label": label},
-    )
+    kw = {}
+    if split == "val" and world > 1:  # rank r reads r, r+world, ...: no padding duplicates
+        import json
+
+        with open(f"{path}.json") as f:
+            n = json.load(f)["images"]
+        kw["indices"] = np.arange(rank, n, world)
+    loader = Loader(path, batch_size=batch_size, num_workers=max(1, workers(num_workers)),
+                    order=OrderOption.RANDOM if split == "train" else OrderOption.SEQUENTIAL, os_cache=os_cache,
+                    drop_last=(split == "train"), distributed=(split == "train" and world > 1), seed=seed,
+                    pipelines={"image": image, "label": label}, **kw)
+    return loader, decoder if split == "train" else None
 
 
 class _Folder(torch.utils.data.Dataset):
-    """ImageFolder over scanned samples; a corrupt image comes back as a marker, not an exception, so the
-    main process can skip and count it or stop with a one-line error (a worker's traceback is not one)."""
+    """ImageFolder over scanned samples with per-image seeded augmentation; a corrupt image comes back as a
+    marker, not an exception, so the main process can skip and count it or stop with a one-line error."""
 
-    def __init__(self, images, samples, transform):
-        self.images, self.samples, self.transform = images, samples, transform
+    def __init__(self, images, samples, transform, seed):
+        self.images, self.samples, self.transform, self.seed, self.epoch = images, samples, transform, seed, 0
+
+    def set_res(self, res):
+        self.transform.transforms[0].size = (res, res)  # RandomResizedCrop comes first (transforms_for)
 
     def __len__(self):
         return len(self.samples)
@@ -139,81 +192,59 @@ class _Folder(torch.utils.data.Dataset):
                 img = im.convert("RGB")
         except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... for bad files
             return None, label, (path, f"{type(e).__name__}: {e}")
-        return self.transform(img), label, None
+        # torchvision's random transforms draw from the global torch RNG: seed it for this image alone
+        # (fork_rng restores the caller's state, so the main process's RNG is untouched with 0 workers)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 1000003 + self.epoch) * 10000019 + i)
+            return self.transform(img), label, None
 
 
 def _collate(batch):
     good = [(x, y) for x, y, bad in batch if bad is None]
     bad = [b for _, _, b in batch if b is not None]
     if not good:
-        return torch.zeros(0), torch.zeros(0, dtype=torch.int64), bad
+        return torch.zeros(0, dtype=torch.uint8), torch.zeros(0, dtype=torch.int64), bad
     return torch.stack([x for x, _ in good]), torch.tensor([y for _, y in good], dtype=torch.int64), bad
 
 
 def transforms_for(split, res, crop_ratio, crop_scale=(0.08, 1.0), flip=True):
-    """torchvision transforms matching the FFCV pipelines."""
+    """torchvision transforms matching the FFCV pipelines, ending in a uint8 CHW tensor (see normalize)."""
     from torchvision import transforms as T
 
-    norm = T.Normalize([m / 255 for m in MEAN], [s / 255 for s in STD])
     if split == "train":
-        return T.Compose(
-            [T.RandomResizedCrop(res, scale=tuple(crop_scale), antialias=True),
-             *([T.RandomHorizontalFlip()] if flip else []), T.ToTensor(), norm]
-        )
-    return T.Compose(
-        [T.Resize(round(res / crop_ratio), antialias=True), T.CenterCrop(res), T.ToTensor(), norm]
-    )
+        return T.Compose([T.RandomResizedCrop(res, scale=tuple(crop_scale), antialias=True),
+                          *([T.RandomHorizontalFlip()] if flip else []), T.PILToTensor()])
+    return T.Compose([T.Resize(round(res / crop_ratio), antialias=True), T.CenterCrop(res), T.PILToTensor()])
 
 
-def torchvision_loader(
-    images, split, *, batch_size, num_workers, res, crop_ratio, device, distributed=False, seed=0,
-    crop_scale=(0.08, 1.0),
-    flip=True,
-):
-    """(DataLoader, sampler or None, number of images) over <images>/<split> with transforms_for()."""
+def torchvision_loader(images, split, *, batch_size, num_workers, res, crop_ratio, device, rank=0, world=1,
+                       seed=0, crop_scale=(0.08, 1.0), flip=True):
+    """(DataLoader, its EpochOrder, its dataset, number of images) over <images>/<split>."""
     samples, _ = scan(images, split)
-    ds = _Folder(images, samples, transforms_for(split, res, crop_ratio, crop_scale, flip))
-    sampler = None
-    if distributed:
-        sampler = torch.utils.data.distributed.DistributedSampler(ds, shuffle=(split == "train"), seed=seed)
-    gen = torch.Generator().manual_seed(seed)
-    workers = _workers(num_workers)
+    ds = _Folder(images, samples, transforms_for(split, res, crop_ratio, crop_scale, flip), seed)
+    order = EpochOrder(len(samples), shuffle=(split == "train"), seed=seed, rank=rank, world=world,
+                       batch_size=batch_size)
     loader = torch.utils.data.DataLoader(
-        ds,
-        batch_size=batch_size,
-        shuffle=(split == "train" and sampler is None),
-        sampler=sampler,
-        num_workers=workers,
-        collate_fn=_collate,
-        drop_last=(split == "train"),
-        generator=gen,
-        pin_memory=torch.device(device).type == "cuda",
-        # fresh workers each epoch: their RNG then comes from the generator that set_epoch() reseeds
-        persistent_workers=False,
-    )
-    return loader, sampler, len(samples)
+        ds, batch_size=batch_size, sampler=order, num_workers=workers(num_workers), collate_fn=_collate,
+        drop_last=(split == "train"), pin_memory=torch.device(device).type == "cuda",
+        # fresh workers each epoch: they copy the dataset after set_epoch() set its epoch and resolution
+        persistent_workers=False)
+    return loader, order, ds, len(samples)
 
 
-def make_loader(split, cfg=None, device="cpu", distributed=False):
-    """Batches of (images, labels) for split 'train' or 'val', from data cfg (see config.DATA_DEFAULTS)."""
+def make_loader(split, cfg=None, device="cpu", rank=0, world=1):
+    """Batches of (images, labels) for split 'train' or 'val', from data cfg (params['data']); under DDP
+    pass this process's rank and the world size."""
     if split not in ("train", "val"):
         raise DataError(f"split {split!r}: expected 'train' or 'val'")
     c = resolve(cfg)
     device = torch.device(device)
     images = images_dir(c["root"], c["dataset"])
     classes = read_classes(images)
-    res = c["res"] if split == "train" else c["val_res"]
-    common = dict(
-        batch_size=c["batch_size"],
-        num_workers=c["num_workers"],
-        res=res,
-        crop_ratio=c["crop_ratio"],
-        crop_scale=c["train_crop_scale"],
-        flip=c["train_flip"],
-        device=device,
-        distributed=distributed,
-        seed=c["seed"],
-    )
+    res = res_for_epoch(c, 0) if split == "train" else c["val_res"]
+    common = dict(batch_size=c["batch_size"], num_workers=c["num_workers"], res=res, crop_ratio=c["crop_ratio"],
+                  crop_scale=c["train_crop_scale"], flip=c["train_flip"], device=device, rank=rank, world=world,
+                  seed=c["seed"])
     if c["backend"] == "ffcv":
         import json
 
@@ -222,17 +253,9 @@ def make_loader(split, cfg=None, device="cpu", distributed=False):
             raise DataError(f"{path} is missing or unfinished: run `dlwt convert --dataset {c['dataset']}`")
         with open(f"{path}.json") as f:
             info = json.load(f)
-        loader = ffcv_loader(path, split, os_cache=c["os_cache"], **common)
-        return Batches(
-            loader,
-            device=device,
-            num_images=info["images"],
-            classes=classes,
-            skipped=[s["file"] for s in info["skipped_corrupt"]],
-            seed=c["seed"],
-        )
-    loader, sampler, n = torchvision_loader(images, split, **common)
-    return Batches(
-        loader, device=device, num_images=n, classes=classes, sampler=sampler, on_corrupt=c["on_corrupt"],
-        seed=c["seed"],
-    )
+        loader, decoder = ffcv_loader(path, split, os_cache=c["os_cache"], **common)
+        return Batches(loader, device=device, num_images=info["images"], classes=classes, decoder=decoder,
+                       skipped=[s["file"] for s in info["skipped_corrupt"]])
+    loader, order, ds, n = torchvision_loader(images, split, **common)
+    return Batches(loader, device=device, num_images=n, classes=classes, on_corrupt=c["on_corrupt"], order=order,
+                   dataset=ds, full_batches=len(loader))

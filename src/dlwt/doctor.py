@@ -1,0 +1,229 @@
+"""`dlwt doctor`: what to run first on a GPU node. Checks the machine against the experiment in params.yaml,
+times a few training steps of every rule as the pipeline will run them, and estimates the whole experiment's
+GPU-hours and disk before anything long starts.
+
+    dlwt doctor --params params.yaml                          # on the GPU node (inside the container)
+    dlwt doctor --params params.yaml --overlay config/ci.yaml # CPU, seconds (CI runs this)
+
+Each failed check is one line with its fix, and the exit code is 1. The table and the estimates are also
+written to results/<exp>/doctor.json (send that file with a bug report or a BENCHMARKS.md row).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+import dlwt
+from dlwt import devices, layout
+from dlwt.errors import DlwtError
+
+IMAGENET_TRAIN, IMAGENET_VAL = 1_281_167, 50_000
+# Disk for ImageNet, GB: archives, the extracted tree, and FFCV files at ffcv-imagenet's settings (max side
+# 512, half JPEG q90: their README's ~340 GB for train). Estimates until a user's convert measures them.
+IMAGENET_DISK_GB = {"archives": 155, "images": 150, "ffcv": 350}
+
+
+def _versions(dev) -> dict:
+    from dlwt.provenance import versions
+
+    out = {**versions(), "torch_cuda": torch.version.cuda, "cudnn": None, "driver": None, "bf16": False,
+           "gpus": [], "cpus_allowed": devices.cpus(), "cpus_node": os.cpu_count(),
+           "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES")}
+    if dev.cuda:
+        out["cudnn"] = torch.backends.cudnn.version()
+        out["bf16"] = torch.cuda.is_bf16_supported()
+        out["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        if shutil.which("nvidia-smi"):
+            q = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                               capture_output=True, text=True, timeout=30)
+            out["driver"] = q.stdout.split("\n")[0].strip() or None
+    return out
+
+
+def _batch(params, dev, num_classes):
+    """(images, labels) of the pipeline's batch and resolution: the real train .beton's first batch when it
+    exists (checking the FFCV loader onto the device), random data otherwise."""
+    from dlwt.data import ffcv_dir
+
+    d = params["data"]
+    beton = os.path.join(ffcv_dir(d["root"], d["dataset"]), "train.beton")
+    if os.path.exists(f"{beton}.json"):
+        from dlwt.data.loaders import make_loader
+
+        loader = make_loader("train", d, dev.torch)
+        x, y = next(iter(loader))
+        if x.device.type != dev.torch.type or x.dtype != torch.float32 or not bool(torch.isfinite(x).all()):
+            raise DlwtError(f"the FFCV loader gave {x.dtype} on {x.device}, not finite float32 on {dev.torch}")
+        return x, y, "train.beton"
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(d["batch_size"], 3, d["res"], d["res"], generator=g)
+    y = torch.randint(0, num_classes, (d["batch_size"],), generator=g)
+    return x.to(dev.torch, memory_format=torch.channels_last), y.to(dev.torch), "random"
+
+
+def _sync(dev):
+    if dev.cuda:
+        torch.cuda.synchronize(dev.torch)
+
+
+def time_rule(params, arch, rule, dev, x, y, num_classes, steps, warmup=2) -> dict:
+    """ms per training step of `rule` as `dlwt train` runs it: same arch, stem, amp, memory format, optimiser,
+    and for wm the mirror steps params set (mirror.steps every mirror.every steps)."""
+    from dlwt.engine import sgd
+
+    t, m = params["train"], params["mirror"]
+    torch.manual_seed(0)
+    model = dlwt.models.build(arch, num_classes, rule, params["model"]["stem"]).to(dev.torch,
+                                                                                    memory_format=dev.memory_format)
+    opt = sgd(model, 0.01, t["momentum"], t["weight_decay"], t["nesterov"])
+    step_model = torch.compile(model) if t["compile"] else model
+    mirror = {k: m[k] for k in ("noise_std", "lr", "weight_decay", "batch_size", "size")}
+    if dev.cuda:
+        torch.cuda.reset_peak_memory_stats(dev.torch)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = 0.0
+    for i in range(warmup + steps):
+        if i == warmup:
+            _sync(dev)
+            start = time.perf_counter()
+        with dev.autocast():
+            loss = F.cross_entropy(step_model(x), y, label_smoothing=t["label_smoothing"])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if rule == "wm" and (i + 1) % m["every"] == 0:
+            dlwt.mirror_step(model, steps=m["steps"], **mirror)
+    _sync(dev)
+    ms = 1000 * (time.perf_counter() - start) / steps
+    peak = torch.cuda.max_memory_allocated(dev.torch) / 2**20 if dev.cuda else \
+        max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
+    return {"arch": arch, "rule": rule, "ms_per_step": ms, "images_per_s": x.shape[0] / ms * 1000,
+            "peak_mb": peak, "finite": bool(torch.isfinite(loss.detach()).item())}
+
+
+def _allreduce_check(n: int) -> str | None:
+    """None when `n` ranks on this node can all-reduce (NCCL), else the problem."""
+    code = ("import os, torch, torch.distributed as d; r=int(os.environ['LOCAL_RANK']); torch.cuda.set_device(r); "
+            "d.init_process_group('nccl'); t=torch.ones(1,device='cuda'); d.all_reduce(t); "
+            "assert t.item()==d.get_world_size(); d.destroy_process_group()")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
+                           "-c", code], capture_output=True, text=True, timeout=300)
+    return None if proc.returncode == 0 else (proc.stderr.strip().splitlines() or ["failed"])[-1]
+
+
+def estimate(params, rows, train_images, val_images) -> dict:
+    """GPU-hours of every run params asks for (train epochs + per-epoch validation) from the measured steps."""
+    t, d = params["train"], params["data"]
+    gpus = t["gpus"]
+    steps = t["epochs"] * (train_images // (d["batch_size"] * gpus))
+    hours = {}
+    for r in rows:
+        # validation is a forward pass: about a third of a training step per image
+        per_run = steps * r["ms_per_step"] / 1000 + t["epochs"] * val_images / r["images_per_s"] / 3 / gpus
+        hours[f"{r['arch']}-{r['rule']}"] = per_run * gpus / 3600 * len(params["model"]["seeds"])
+    return {"runs": len(layout.run_ids(params)), "gpu_hours_per_arch_rule_all_seeds": hours,
+            "gpu_hours_total": sum(hours.values())}
+
+
+def run(params: dict, steps: int = 5) -> dict:
+    from dlwt.data import images_dir
+    from dlwt.data.imagefolder import read_classes
+
+    t, d = params["train"], params["data"]
+    checks, report = [], {}
+    try:
+        dev = devices.Device.resolve(t["device"], amp=t["amp"], channels_last=t["channels_last"])
+    except DlwtError as e:
+        return {"checks": [("device", False, str(e))], "versions": _versions(devices.Device.resolve("cpu"))}
+    report["device"] = str(dev.torch)
+    report["versions"] = v = _versions(dev)
+    checks.append(("device", True, f"{dev.torch}, amp {dev.amp_dtype}, {v['cpus_allowed']} CPUs allowed"))
+    if dev.cuda and t["amp"] == "bf16" and not v["bf16"]:
+        checks.append(("bf16", False, "this GPU has no fast bf16: set train.amp: none (or use an Ampere+ GPU)"))
+    per_rank = v["cpus_allowed"] // max(1, t["gpus"])
+    if d["num_workers"] > per_rank:
+        checks.append(("cpus", False, f"data.num_workers={d['num_workers']} but {per_rank} CPUs per rank are "
+                                      "allowed: ask the scheduler for more CPUs, or lower data.num_workers"))
+    if t["gpus"] > 1:
+        have = torch.cuda.device_count() if dev.cuda else 0
+        problem = (f"train.gpus={t['gpus']} but {have} GPUs are visible" if have < t["gpus"]
+                   else _allreduce_check(t["gpus"]))
+        checks.append(("all-reduce", problem is None, problem or f"NCCL all-reduce over {t['gpus']} GPUs"))
+    try:
+        num_classes = len(read_classes(images_dir(d["root"], d["dataset"])))
+    except DlwtError:
+        num_classes = 1000 if d["source"] == "imagenet" else 10
+    try:
+        x, y, source = _batch(params, dev, num_classes)
+        checks.append(("loader", True, f"{source} batch {tuple(x.shape)} on {x.device}"))
+    except Exception as e:  # noqa: BLE001 (report any loader failure as a failed check)
+        checks.append(("loader", False, f"{type(e).__name__}: {e}"))
+        x, y, source = _batch({**params, "data": {**d, "root": os.devnull}}, dev, num_classes)
+    rows = []
+    for arch in params["model"]["archs"]:
+        for rule in params["model"]["rules"]:
+            r = time_rule(params, arch, rule, dev, x, y, num_classes, steps)
+            bp = next((b["ms_per_step"] for b in rows if b["arch"] == arch and b["rule"] == "bp"), None)
+            r["vs_bp"] = r["ms_per_step"] / bp if bp else None
+            rows.append(r)
+            if not r["finite"]:
+                checks.append((f"{arch}-{rule}", False, "non-finite loss in the timing steps"))
+    sidecar = os.path.join(d["root"], d["dataset"], "ffcv", "train.beton.json")
+    train_images = json.load(open(sidecar))["images"] if os.path.exists(sidecar) else IMAGENET_TRAIN
+    report.update({"steps": rows, "estimate": estimate(params, rows, train_images, IMAGENET_VAL
+                                                       if d["source"] == "imagenet" else train_images // 5),
+                   "disk_gb": IMAGENET_DISK_GB if d["source"] == "imagenet" else None,
+                   "host": platform.node(), "data": source})
+    report["checks"] = checks
+    return report
+
+
+def print_report(report: dict, out=sys.stdout) -> None:
+    for name, ok, detail in report["checks"]:
+        print(f"{'ok  ' if ok else 'FAIL'} {name}: {detail}", file=out)
+    if "steps" not in report:
+        return
+    print(f"\n{'arch':10} {'rule':4} {'ms/step':>9} {'/ bp':>6} {'img/s':>8} {'peak MB':>8}", file=out)
+    for r in report["steps"]:
+        ratio = f"{r['vs_bp']:.2f}x" if r["vs_bp"] else "-"
+        print(f"{r['arch']:10} {r['rule']:4} {r['ms_per_step']:9.1f} {ratio:>6} {r['images_per_s']:8.0f} "
+              f"{r['peak_mb']:8.0f}", file=out)
+    e = report["estimate"]
+    print(f"\nwhole experiment ({e['runs']} runs, from these step times): {e['gpu_hours_total']:.1f} device-hours",
+          file=out)
+    if report["disk_gb"]:
+        print("disk (GB, estimates): " + ", ".join(f"{k} {v}" for k, v in report["disk_gb"].items()), file=out)
+
+
+def main(args) -> int:
+    from dlwt.params import load
+    from dlwt.provenance import write_json_atomic
+
+    params = load(args.params, args.overlay)
+    if params["train"]["device"] != "cpu":
+        devices.claim_gpus(params["train"]["gpus"])
+    report = run(params, steps=args.steps)
+    print_report(report)
+    path = layout.exp_dir(params["exp"]) / "doctor.json"
+    write_json_atomic(path, report)
+    print(f"\nwrote {path}")
+    return 0 if all(ok for _, ok, _ in report["checks"]) else 1
+
+
+def add_subparser(sub) -> None:
+    p = sub.add_parser("doctor", help="check this machine against params and time every rule (run first)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--overlay", action="append", default=[], help="YAML deep-merged over --params (repeatable)")
+    p.add_argument("--steps", type=int, default=5, help="timed training steps per rule (after 2 warm-up steps)")
+    p.set_defaults(func=main)
