@@ -223,8 +223,9 @@ def final_alignment(df: pd.DataFrame, params: dict):
             # the classifier's weight gradient is the error times its input: no B on the way, so it is
             # backprop's under every rule; its 0 degrees is true by construction, not a result
             ax.annotate("classifier: 0° under every rule\n(true by construction: no B\non its gradient's path)",
-                        xy=(len(layers) - 1, 0), xytext=(0.55, 0.55), textcoords="axes fraction", fontsize=7,
-                        ha="center", arrowprops=dict(arrowstyle="->", color="0.3", lw=0.8))
+                        xy=(len(layers) - 1, 0), xytext=(0.6, 0.5), textcoords="axes fraction", fontsize=7,
+                        ha="center", bbox=dict(boxstyle="round", fc="white", ec="0.7", alpha=0.9),
+                        arrowprops=dict(arrowstyle="->", color="0.3", lw=0.8))
     _finish(g, integer_x=False)
     return g.figure
 
