@@ -1,5 +1,5 @@
 # The README's two commands: `make demo` and `make test` (each installs .venv first if needed).
-.PHONY: install demo test smoke bench lint
+.PHONY: install demo test smoke bench lint dag
 VENV := $(CURDIR)/.venv/bin
 export PATH := $(VENV):$(PATH)
 export MPLBACKEND := Agg
@@ -11,20 +11,26 @@ install:
 # the whole pipeline on scikit-learn's digits: results/demo/ and paper/demo/
 demo: install
 	snakemake --cores all --configfile config/demo.yaml
-	python -m dlwt.pipeline params.yaml config/demo.yaml
+	dlwt check-outputs --overlay config/demo.yaml
 
 # pytest exits 5 when it collects no tests: that is not a failure of the code under test
 test: install
 	pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; exit $$rc
 
-# CI's smoke run: synthetic ILSVRC-format archives through every stage
+# CI's smoke run: dvc.yaml is what params.yaml generates, then synthetic ILSVRC-format archives through every stage
 smoke: install
+	dlwt dag --check dvc.yaml
 	snakemake --cores 2 --configfile config/ci.yaml --forceall
-	python -m dlwt.pipeline params.yaml config/ci.yaml
+	dlwt check-outputs --overlay config/ci.yaml
+
+# after editing model.*, exp or data.root/dataset/source in params.yaml: regenerate the DVC pipeline
+dag: install
+	dlwt dag --write dvc.yaml
 
 lint: install
 	ruff check src tests bench
 	snakemake --lint --configfile config/demo.yaml
+	dlwt dag --check dvc.yaml
 
 bench: install
 	python bench/rules.py

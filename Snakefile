@@ -1,123 +1,201 @@
 # The reproduction as one DAG: acquire -> extract -> convert -> train (arch x rule x seed) -> evaluate -> report.
 #   snakemake --cores all                                    # ImageNet, from params.yaml
-#   snakemake --cores all --configfile config/demo.yaml      # the demo: digits on CPU, minutes
+#   snakemake --cores all --configfile config/demo.yaml      # the demo on CPU, minutes
 #   snakemake --profile profiles/slurm                       # a SLURM cluster
-# Every rule only calls the `dlwt` CLI; the logic lives in src/dlwt (dvc.yaml runs the same commands).
-import dlwt.pipeline as pipeline
-from dlwt.params import validate
+#   snakemake --configfile config/demo.yaml --report report.html   # after a run: Table 1, figures, README, costs
+# Every job, its command, files and params keys come from src/dlwt/dag.py (dvc.yaml is generated from it too);
+# this file adds what only Snakemake has: threads, GPUs, logs, benchmarks, the container and the HTML report.
+import os
+import re
+import sys
+
+import dlwt.dag as dag
+from dlwt import layout
+from dlwt.errors import DlwtError
+from dlwt.params import complete, validate
+
+
+def one_line(check, *args, **kwargs):
+    """Bad params at parse time: the one-line message and exit code 2, as the dlwt CLI (no traceback)."""
+    try:
+        return check(*args, **kwargs)
+    except DlwtError as e:
+        print(f"dlwt: {e}", file=sys.stderr)
+        os._exit(2)  # SystemExit would be caught and printed with a traceback by Snakemake
+
 
 configfile: "params.yaml"
-validate(config, "params.yaml + --configfile overlays")  # src/dlwt/params_schema.yaml: one line naming the key
+config.update(complete(config))  # keys the files leave out take the defaults of src/dlwt/params_schema.yaml
+one_line(validate, config, "params.yaml + --configfile overlays")  # names the key and what it allows
 
-P = pipeline.paths(config)
-RUNS = pipeline.run_ids(config)
-ARGS = f"--params params.yaml{pipeline.overlay_flags(workflow.overwrite_configfiles)}"
-IMAGE = config["container"]
+JOBS = {(j.stage, j.run): j for j in dag.jobs(config)}
+RUNS = layout.run_ids(config)
+EXP, DATASET, IMAGE = config["exp"], config["data"]["dataset"], config["container"]
+# Jobs read the merged params (params.yaml + every --configfile) from one file named by its content; rules'
+# commands name it only as $DLWT_PARAMS, so adding an overlay that changes nothing changes no command and
+# reruns nothing. Each rule's `params:` holds the values of the keys it reads: editing one reruns its jobs.
+os.environ["DLWT_PARAMS"] = dag.params_file(config)
+
+
+envvars:
+    "DLWT_PARAMS",  # passed on to cluster jobs by Snakemake
+
+
+PARAMS = '"$DLWT_PARAMS"'
+WORKERS = max(1, config["data"]["num_workers"])  # loader/convert workers (0 = in the main process: 1 CPU)
+CPU = config["train"]["device"] == "cpu"
+RUN = layout.Run(layout.run_dir(EXP, "{run}"))  # a run folder's files, as patterns of the {run} wildcard
+
+
+def J(stage, run=None):
+    return JOBS[stage, run]
+
+
+def keys(stage):
+    """`params: keys=...` of a rule: the values of the params keys its job reads (a Snakemake rerun trigger)."""
+    return lambda w: J(stage, w.get("run")).values(config)
+
+
+def command(stage):
+    return lambda w: J(stage, w.get("run")).command(PARAMS)
+
+
+def reported(path):
+    """Mark the report's files for `snakemake --report`: Table 1, the README with the verdicts, the figures."""
+    path = str(path)
+    if path.endswith(".png"):
+        return report(path, category="Figures", labels={"figure": os.path.basename(path)[:-4]})
+    if path.endswith(("table1.md", "README.md", "summary.csv")):
+        return report(path, category="Table 1 and verdicts", labels={"file": os.path.basename(path)})
+    return path
+
+
+report: "paper/report.rst"  # the first page of `snakemake --report report.html`
+
+
+wildcard_constraints:
+    run="|".join(re.escape(r) for r in RUNS),
 
 
 onstart:
-    pipeline.preflight(config)  # no ImageNet archives: stop before any job, saying where they go
+    # no ImageNet archives, or --sdm apptainer without the image: stop before any job, saying what to do
+    # (raised, not one_line: Snakemake holds its locks here and must release them)
+    dag.preflight(config, container_method="apptainer" in str(workflow.deployment_settings.deployment_method).lower())
 
 
 rule all:
     input:
-        P["summary"],
-        P["paper"],
+        J("report").outs,
+    default_target: True
 
 
 rule acquire:
     output:
-        P["acquired"],
+        J("acquire").outs,
+    params:
+        deps=keys("acquire"),
     log:
-        "logs/acquire.log",
+        f"logs/{DATASET}/acquire.log",
+    benchmark:
+        f"logs/{DATASET}/benchmarks/acquire.tsv"
     container:
         IMAGE
     shell:
-        f"dlwt acquire {ARGS} > {{log}} 2>&1"
+        f"{J('acquire').command(PARAMS)} > {{log}} 2>&1"
 
 
 rule extract:
     input:
-        P["acquired"],
+        J("extract").deps,
     output:
-        directory(P["images"]),
+        directory(J("extract").outs[0]),
+    params:
+        deps=keys("extract"),
     log:
-        "logs/extract.log",
+        f"logs/{DATASET}/extract.log",
+    benchmark:
+        f"logs/{DATASET}/benchmarks/extract.tsv"
     container:
         IMAGE
     shell:
-        f"dlwt extract {ARGS} > {{log}} 2>&1"
+        f"{J('extract').command(PARAMS)} > {{log}} 2>&1"
 
 
 rule convert:
     input:
-        P["images"],
+        J("convert").deps,
     output:
-        P["train_beton"],
-        P["val_beton"],
-    threads: config["data"]["num_workers"]  # Snakemake caps threads at --cores
+        J("convert").outs,
+    params:
+        deps=keys("convert"),
+    threads: WORKERS  # FFCV's writer processes; Snakemake caps threads at --cores
     log:
-        "logs/convert.log",
+        f"logs/{DATASET}/convert.log",
+    benchmark:
+        f"logs/{DATASET}/benchmarks/convert.tsv"
     container:
         IMAGE
     shell:
-        f"dlwt convert {ARGS} > {{log}} 2>&1"
+        f"{J('convert').command(PARAMS)} > {{log}} 2>&1"
 
 
 rule train:
     input:
-        P["train_beton"],
-        P["val_beton"],
+        lambda w: J("train", w.run).deps,
     output:
-        f"{P['runs']}/{{arch}}-{{rule}}-s{{seed}}/checkpoints/final.pt",
-        f"{P['runs']}/{{arch}}-{{rule}}-s{{seed}}/metrics.jsonl",
-        f"{P['runs']}/{{arch}}-{{rule}}-s{{seed}}/config.json",
-    wildcard_constraints:
-        seed=r"\d+",
+        # the same as dag.jobs' (a test compares them): metrics.jsonl, config.json, checkpoints/final.pt (last)
+        str(RUN.final),
+        str(RUN.metrics),
+        str(RUN.config),
+    params:
+        deps=keys("train"),
+        cmd=command("train"),
+    # loader workers for each of train.gpus ranks; Snakemake caps threads at --cores (a cluster: --max-threads),
+    # and dlwt train caps its workers at the CPUs the job may use
+    threads: WORKERS * config["train"]["gpus"]
     resources:
-        gpu=config["train"]["gpus"],
-    threads: config["data"]["num_workers"]
+        gpu=0 if CPU else config["train"]["gpus"],
     log:
-        "logs/train/{arch}-{rule}-s{seed}.log",
+        f"logs/{EXP}/train/{{run}}.log",
+    benchmark:
+        f"logs/{EXP}/benchmarks/train/{{run}}.tsv"
     container:
         IMAGE
     shell:
-        f"dlwt train {ARGS} --arch {{wildcards.arch}} --rule {{wildcards.rule}} --seed {{wildcards.seed}} "
-        f"--out {P['runs']}/{{wildcards.arch}}-{{wildcards.rule}}-s{{wildcards.seed}} > {{log}} 2>&1"
+        "{params.cmd} > {log} 2>&1"
 
 
 rule evaluate:
     input:
-        P["val_beton"],
-        f"{P['runs']}/{{arch}}-{{rule}}-s{{seed}}/checkpoints/final.pt",
+        lambda w: J("evaluate", w.run).deps,
     output:
-        f"{P['eval']}/{{arch}}-{{rule}}-s{{seed}}.json",
-    wildcard_constraints:
-        seed=r"\d+",
+        str(layout.eval_path(EXP, "{run}")),
+    params:
+        deps=keys("evaluate"),
+        cmd=command("evaluate"),
+    threads: WORKERS
     resources:
-        gpu=1 if config["train"]["gpus"] else 0,
+        gpu=0 if CPU else 1,
     log:
-        "logs/evaluate/{arch}-{rule}-s{seed}.log",
+        f"logs/{EXP}/evaluate/{{run}}.log",
+    benchmark:
+        f"logs/{EXP}/benchmarks/evaluate/{{run}}.tsv"
     container:
         IMAGE
     shell:
-        f"dlwt evaluate {ARGS} --arch {{wildcards.arch}} --rule {{wildcards.rule}} --seed {{wildcards.seed}} "
-        f"--checkpoint {P['runs']}/{{wildcards.arch}}-{{wildcards.rule}}-s{{wildcards.seed}}/checkpoints/final.pt "
-        f"--out {P['eval']}/{{wildcards.arch}}-{{wildcards.rule}}-s{{wildcards.seed}}.json > {{log}} 2>&1"
+        "{params.cmd} > {log} 2>&1"
 
 
 rule report:
     input:
-        expand(f"{P['eval']}/{{run}}.json", run=RUNS),
-        expand(f"{P['runs']}/{{run}}/metrics.jsonl", run=RUNS),
+        J("report").deps,
     output:
-        P["summary"],
-        f"results/{config['exp']}/summary.csv",
-        f"results/{config['exp']}/curves.csv",
-        directory(P["paper"]),
+        [reported(f) for f in J("report").outs],
+    params:
+        deps=keys("report"),
     log:
-        "logs/report.log",
+        f"logs/{EXP}/report.log",
     container:
         IMAGE
     shell:
-        f"dlwt report {ARGS} > {{log}} 2>&1"
+        f"{J('report').command(PARAMS)} > {{log}} 2>&1"

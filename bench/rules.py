@@ -3,7 +3,9 @@
     .venv/bin/python bench/rules.py                      # CPU: small-image stem, 32 px, batch 32
     .venv/bin/python bench/rules.py --device cuda        # GPU: ImageNet stem, 224 px, batch 128, bf16, channels_last
 
-A step is forward, backward and the SGD step (plus one mirror_step for wm). The rules are interleaved
+A step is forward, backward and the SGD step, plus for wm the mirror steps exactly as the pipeline runs them
+(params.yaml's mirror section, with --overlay files merged: mirror.steps every mirror.every steps, its noise
+batch and map size). The rules are interleaved
 round by round so that machine noise hits them alike; each round times `--steps` steps per rule after
 warm-up, and the ratio to bp is taken within the round. Prints mean +- std of the ratios over rounds.
 """
@@ -16,6 +18,7 @@ import torch.nn.functional as F
 import dlwt
 from common import print_ratio_table  # bench/common.py (the script's folder is on sys.path)
 from dlwt.engine import sgd
+from dlwt.params import load
 
 p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 p.add_argument("--device", default="cpu")
@@ -24,7 +27,11 @@ p.add_argument("--rules", default="bp,fa,ss,wm,kp")
 p.add_argument("--rounds", type=int, default=5)
 p.add_argument("--steps", type=int, default=5)
 p.add_argument("--warmup", type=int, default=3)
+p.add_argument("--params", default="params.yaml", help="the pipeline's params: the mirror settings come from here")
+p.add_argument("--overlay", action="append", default=[])
 args = p.parse_args()
+mcfg = load(args.params, args.overlay)["mirror"]
+mirror = {k: mcfg[k] for k in ("noise_std", "lr", "weight_decay", "batch_size", "size")}
 
 cuda = args.device.startswith("cuda")
 device = torch.device(args.device)
@@ -48,6 +55,9 @@ x = torch.randn(batch, 3, size, size, device=device).to(memory_format=fmt)
 y = torch.randint(0, num_classes, (batch,), device=device)
 
 
+count = {}
+
+
 def step(rule):
     model, opt = setups[rule]
     opt.zero_grad(set_to_none=True)
@@ -55,8 +65,9 @@ def step(rule):
         loss = F.cross_entropy(model(x), y)
     loss.backward()
     opt.step()
-    if rule == "wm":
-        dlwt.mirror_step(model)
+    count[rule] = count.get(rule, 0) + 1
+    if rule == "wm" and count[rule] % mcfg["every"] == 0:
+        dlwt.mirror_step(model, steps=mcfg["steps"], **mirror)
 
 
 def timed(rule, n):
@@ -82,5 +93,5 @@ for _ in range(args.rounds):
 
 name = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} threads"
 print_ratio_table(f"{args.arch} {stem} stem, {size} px, batch {batch}, {'bf16 channels_last' if cuda else 'fp32'}"
-                  f" on {name}; {args.rounds} rounds x {args.steps} steps, torch {torch.__version__}",
+                  f" on {name}; {args.rounds} rounds x {args.steps} steps, torch {torch.__version__}; wm: {mirror}",
                   ("rule", "step time / bp (mean +- std over rounds)", "ms per step (mean)"), ratios, ms, ".1f")

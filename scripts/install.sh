@@ -5,18 +5,39 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# FFCV's setup.py needs these headers even to resolve (and a C++ compiler to build), so install them
-# before pip, every time (a machine that already has them would hide a missing step).
+# FFCV's setup.py needs these headers even to resolve (and a C++ compiler to build). Check what is there first:
+# apt (as root, or through passwordless sudo) only for what is missing, so a normal user on a cluster login node
+# whose admins installed them gets through; otherwise name exactly what to ask an admin for.
 APT_PACKAGES="pkg-config libturbojpeg0-dev libopencv-dev g++"
-if command -v apt-get >/dev/null; then
-    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo -n"
-    if ! { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq --no-install-recommends $APT_PACKAGES; } >/dev/null; then
-        echo "install: could not apt-get install $APT_PACKAGES; install them yourself (root) and rerun" >&2
+have() {  # is Debian package $1 installed (or, without dpkg, does its file/tool exist)?
+    if command -v dpkg-query >/dev/null; then
+        [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ] && return 0
+    fi
+    case "$1" in
+        pkg-config) command -v pkg-config >/dev/null ;;
+        g++) command -v g++ >/dev/null ;;
+        libturbojpeg0-dev) pkg-config --exists libturbojpeg 2>/dev/null ;;
+        libopencv-dev) pkg-config --exists opencv4 2>/dev/null ;;
+        *) return 1 ;;
+    esac
+}
+MISSING=""
+for pkg in $APT_PACKAGES; do have "$pkg" || MISSING="$MISSING $pkg"; done
+if [ -n "$MISSING" ]; then
+    SUDO=""
+    if [ "$(id -u)" -ne 0 ]; then
+        if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then SUDO="sudo -n"; else SUDO="none"; fi
+    fi
+    if [ "$SUDO" = "none" ] || ! command -v apt-get >/dev/null; then
+        echo "install: missing system packages:$MISSING (Debian/Ubuntu names; FFCV needs them to build)." >&2
+        echo "install: ask an admin to run: apt-get install --no-install-recommends$MISSING  (then rerun this)" >&2
         exit 1
     fi
-elif ! pkg-config --exists libturbojpeg opencv4 2>/dev/null; then
-    echo "install: need libturbojpeg and OpenCV headers (Debian: $APT_PACKAGES); install them and rerun" >&2
-    exit 1
+    echo "install: apt-get install$MISSING"
+    if ! { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq --no-install-recommends $MISSING; } >/dev/null; then
+        echo "install: apt-get install$MISSING failed; install them yourself (root) and rerun" >&2
+        exit 1
+    fi
 fi
 
 PY=${PYTHON:-python3}

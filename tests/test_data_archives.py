@@ -31,6 +31,13 @@ def raw(tmp_path):
     return tmp_path / "raw", tmp_path / "data", rec
 
 
+def _reacquired(raw_dir, role):
+    """Record a deliberately replaced archive's md5 in MD5SUMS.json, as acquiring that file would."""
+    sums = json.loads((raw_dir / "MD5SUMS.json").read_text())
+    sums[role] = md5sum(str(raw_dir / ARCHIVES[role][0]))
+    (raw_dir / "MD5SUMS.json").write_text(json.dumps(sums))
+
+
 def _no_output(root):
     """Nothing finished-looking: no images/ tree and no temp tree left behind."""
     ds = root / "synthetic"
@@ -85,6 +92,7 @@ def test_val_image_without_label_is_named(raw):
         for i, w in by_id.items()
     ]
     write_devkit(str(raw_dir / DEVKIT), synsets, truth[:-1])  # ground truth one line short
+    _reacquired(raw_dir, "devkit")
     with pytest.raises(DataError, match=r"ILSVRC2012_val_00000006\.JPEG has no label"):
         extract(str(raw_dir), str(root), "synthetic")
     assert _no_output(root)
@@ -96,7 +104,7 @@ def test_truncated_train_tar(raw, cut):
     path = raw_dir / TRAIN
     with tarfile.open(path) as tf:
         members = tf.getmembers()
-    # mid-member: tarfile fails reading; boundary: the tar reads cleanly, only the devkit's counts catch it
+    # mid-member: tarfile fails reading; boundary: the tar reads cleanly, only its md5 catches it
     size = members[1].offset_data + 1000 if cut == "mid_member" else members[2].offset
     with open(path, "r+b") as f:
         f.truncate(size)
@@ -111,7 +119,7 @@ def test_truncated_val_tar(raw):
         m = tf.getmembers()[3]
     with open(raw_dir / VAL, "r+b") as f:
         f.truncate(m.offset)  # clean cut: 3 of 6 images
-    with pytest.raises(DataError, match="ILSVRC2012_img_val.tar: 3 images, the ground truth lists 6"):
+    with pytest.raises(DataError, match="ILSVRC2012_img_val.tar: md5 .* truncated or damaged"):
         extract(str(raw_dir), str(root), "synthetic")
     assert _no_output(root)
 
@@ -279,3 +287,14 @@ def test_cli_stages_run_the_functions(tmp_path):
     a = ap.parse_args(["acquire", "--source", "imagenet", "--root", str(tmp_path), "--url", "train:http://x"])
     with pytest.raises(DataError, match="expected ROLE=URL"):
         a.func(a)
+
+
+def test_download_stops_at_the_official_size(tmp_path, server):
+    """A wrong URL serving a huge file cannot fill the disk: past the cap the download stops, .part deleted."""
+    from dlwt.data.imagenet import download
+
+    httpd, base = server
+    _RangeServer.blobs["/big"] = b"x" * 5000
+    with pytest.raises(DataError, match=r"would exceed its official size of 4096 bytes"):
+        download(f"{base}/big", str(tmp_path / DEVKIT), "0" * 32, cap=4096)
+    assert not list(tmp_path.iterdir())

@@ -1,6 +1,8 @@
-"""The Dockerfile's contract: hadolint-clean, the same pins and apt packages as scripts/install.sh, non-root,
-snakemake by default, the environment on PATH (Apptainer skips ENTRYPOINT and .bashrc), and a build context
-that keeps every tracked file (provenance marks results "+dirty" otherwise). No Docker engine is needed.
+"""The Dockerfile's (and dlwt.def's) contract: hadolint-clean; a builder stage with scripts/install.sh's apt
+packages compiles FFCV, and the runtime stage has no -dev package, no compiler and no dev tools (pytest, ruff,
+hadolint); the same pins; non-root; snakemake by default; the environment on PATH (Apptainer skips ENTRYPOINT and
+.bashrc) with the checkout's src first; a build context that keeps every tracked file (provenance marks results
+"+dirty" otherwise). No Docker engine or Apptainer is needed.
 
     .venv/bin/pytest -q tests/test_docker.py
 """
@@ -18,9 +20,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
-# apt packages the image adds to install.sh's: FFCV's C++ extension needs a compiler (the slim base has none),
-# and provenance records the git SHA. Anything else the two files disagree on is drift.
-IMAGE_ONLY_APT = {"g++", "git"}
+DEF = ROOT / "dlwt.def"
+# the runtime stage's apt packages: what FFCV's compiled extension links (ldd: libturbojpeg.so.0,
+# libopencv_core.so.406, libopencv_imgproc.so.406) and git (provenance records the SHA)
+RUNTIME_APT = {"libturbojpeg0", "libopencv-core406", "libopencv-imgproc406", "git"}
 # hadolint rules the Dockerfile may silence inline, each with its reason there (DL3008: apt version pins).
 ALLOWED_IGNORES = {"DL3008"}
 
@@ -50,8 +53,33 @@ def commands(run_args: str) -> list[list[str]]:
     return [shlex.split(c) for c in re.split(r"&&|\|\||;|\|", run_args) if c.strip()]
 
 
-def run_commands() -> list[list[str]]:
-    return [argv for kind, args in dockerfile() if kind == "RUN" for argv in commands(args)]
+def stages() -> list[list[tuple[str, str]]]:
+    """The Dockerfile's instructions, one list per FROM."""
+    out = []
+    for kind, args in dockerfile():
+        if kind == "FROM":
+            out.append([])
+        if out:
+            out[-1].append((kind, args))
+    return out
+
+
+def run_commands(stage=None) -> list[list[str]]:
+    instrs = dockerfile() if stage is None else stages()[stage]
+    return [argv for kind, args in instrs if kind == "RUN" for argv in commands(args)]
+
+
+def def_stages() -> list[list[list[str]]]:
+    """dlwt.def's %post commands (as argv), one list per Stage."""
+    out, section = [], None
+    for line in DEF.read_text().splitlines():
+        if line.startswith("Stage:"):
+            out.append([])
+        elif line.startswith("%"):
+            section = line.split()[0]
+        elif section == "%post" and line.strip() and not line.startswith("#") and out:
+            out[-1] += commands(line.strip())
+    return out
 
 
 def apt_packages(argvs: list[list[str]]) -> set[str]:
@@ -101,32 +129,49 @@ def test_only_allowed_lint_rules_are_silenced():
     assert ignored <= ALLOWED_IGNORES, f"new hadolint ignores {ignored - ALLOWED_IGNORES}: fix the finding instead"
 
 
-def test_installs_the_same_apt_packages_as_install_sh():
+def install_sh_packages() -> set[str]:
     m = re.search(r'^APT_PACKAGES="([^"]+)"', (ROOT / "scripts" / "install.sh").read_text(), re.M)
     assert m, "scripts/install.sh no longer sets APT_PACKAGES=\"...\": update this test with it"
-    host = set(m.group(1).split())
-    image = apt_packages(run_commands())
-    assert image - IMAGE_ONLY_APT == host - IMAGE_ONLY_APT, (f"Dockerfile apt packages {sorted(image)} differ from install.sh's "
-                                             f"{sorted(host)} (plus {sorted(IMAGE_ONLY_APT)})")
-    assert IMAGE_ONLY_APT <= image
+    return set(m.group(1).split())
+
+
+def test_two_stages_the_builder_with_install_shs_packages_the_runtime_lean():
+    builder, runtime = stages()
+    assert builder[0][1].endswith(" AS builder") and runtime[0][1].split()[0] == builder[0][1].split()[0]
+    assert apt_packages(run_commands(0)) == install_sh_packages()
+    assert apt_packages(run_commands(1)) == RUNTIME_APT
     for argv in run_commands():
         if argv[:2] == ["apt-get", "install"]:
             assert "--no-install-recommends" in argv and "-y" in argv
+    assert not any(p.endswith("-dev") or p in ("g++", "gcc", "build-essential") for p in RUNTIME_APT)
+    copies = [args for kind, args in stages()[1] if kind == "COPY" and "--from=builder" in args]
+    assert copies == ["--from=builder /opt/venv /opt/venv"], copies  # nothing else of the builder
 
 
-def test_installs_the_project_with_ci_pins():
-    pips = [argv for argv in run_commands() if argv[:2] in (["pip", "install"], ["/opt/venv/bin/pip", "install"])
-            or argv[1:3] == ["-m", "pip"] and "install" in argv]
-    assert len(pips) == 1, f"expected one pip install, found {pips}"
+def test_dlwt_def_is_the_same_recipe():
+    builder, final = def_stages()
+    assert apt_packages(builder) == install_sh_packages() and apt_packages(final) == RUNTIME_APT
+    text = DEF.read_text()
+    assert "%files from builder\n    /opt/venv /opt/venv" in text
+    assert "export PYTHONPATH=src" in text and env_vars()["PYTHONPATH"] == "src"
+    pips = [argv for argv in builder if "install" in argv and argv[0].endswith("pip")]
+    assert pips and pips[0][pips[0].index("-c") + 1] == "constraints.txt" and pips[0][-1] == ".[ffcv,pipeline,report]"
+
+
+def test_installs_the_dependencies_with_ci_pins_and_no_dev_tools():
+    pips = [argv for argv in run_commands(0) if argv[0].endswith("pip") and argv[1] == "install"]
+    assert len(pips) == 1, f"expected one pip install in the builder, found {pips}"
     argv = pips[0]
     assert "-c" in argv and argv[argv.index("-c") + 1] == "constraints.txt", "pip install must use -c constraints.txt"
     takes_value = {"-c", "--constraint", "-r", "--requirement", "-i", "--index-url", "--extra-index-url",
                    "-f", "--find-links"}
     positional = [w for prev, w in zip(argv[1:], argv[2:]) if not w.startswith("-") and prev not in takes_value]
-    assert positional == [".[all]"], f"pip install must install just the project with the [all] extra: {argv}"
+    assert positional == [".[ffcv,pipeline,report]"], f"the runtime extras only (no dev: pytest, ruff, hadolint): {argv}"
     assert not {"-r", "--requirement"} & set(argv), f"packages beside the project: {argv}"
     copied = " ".join(args for kind, args in dockerfile() if kind == "COPY")
     assert "constraints.txt" in copied
+    runtime_pips = [argv for argv in run_commands(1) if argv[:2] == ["pip", "install"]]
+    assert runtime_pips == [["pip", "install", "--no-deps", "."]], runtime_pips  # the project, not editable
 
 
 def test_python_311_base():
@@ -157,6 +202,7 @@ def test_environment_is_on_path_for_apptainer():
     assert env.get("PATH", "").startswith("/opt/venv/bin:"), "the venv must be first on PATH via ENV"
     assert env.get("MPLBACKEND") == "Agg"
     assert env.get("DVC_NO_ANALYTICS") == "1"
+    assert env.get("PYTHONPATH") == "src"  # a job started in a checkout runs the checkout's code
     assert [args for kind, args in dockerfile() if kind == "WORKDIR"][-1] == "/work"
     profile = env.get("SNAKEMAKE_PROFILE")
     if profile:  # must name a profile that exists in the repository (copied to /work)

@@ -76,7 +76,7 @@ def test_evaluate_writes_metrics_and_refuses_a_mismatched_checkpoint(digits, tmp
     assert saved["val_top1_err"] == result["val_top1_err"] and saved["val_images"] == 360
     assert saved["gradient_alignment"]["fc"] < 1e-3 and saved["gradient_alignment"]["conv1"] > 10
     assert saved["rule"] == "fa" and saved["params"] > 11_000_000
-    with pytest.raises(SystemExit, match="holds resnet18-fa-s0, not resnet18-kp-s0"):
+    with pytest.raises(DlwtError, match="holds resnet18-fa-s0, not resnet18-kp-s0"):
         evaluate_checkpoint(params, "resnet18", "kp", 0, run / "checkpoints" / "final.pt", tmp_path / "x.json")
     assert not (tmp_path / "x.json").exists()
 
@@ -118,31 +118,82 @@ def test_a_finished_run_whose_outputs_were_removed_is_not_retrained(digits, tmp_
     assert "--restart; moved last.pt" in capsys.readouterr().err
 
 
-def test_kill_and_resume_gives_the_same_metrics(digits, tmp_path):
-    # every run in a fresh process, as a user would run it (the test process's thread settings may differ)
-    (tmp_path / "params.yaml").write_text(json.dumps(digits_params(digits, epochs=3)))  # JSON is YAML
+def _command(params_file, out, rule="wm"):
+    return [sys.executable, "-m", "dlwt", "train", "--params", str(params_file), "--arch", "resnet18", "--rule",
+            rule, "--seed", "0", "--out", str(out)]
 
-    def command(out):
-        return [sys.executable, "-m", "dlwt", "train", "--params", str(tmp_path / "params.yaml"), "--arch",
-                "resnet18", "--rule", "kp", "--seed", "0", "--out", str(out)]
 
-    reference, run = tmp_path / "reference", tmp_path / "killed"
-    subprocess.run(command(reference), check=True, capture_output=True)
-    proc = subprocess.Popen(command(run), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not (run / "checkpoints" / "last.pt").exists() and time.time() < deadline:  # epoch 1 done
-        time.sleep(0.05)
-    time.sleep(0.5)  # now in the middle of epoch 2
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert len(read_metrics(run)) < 3 and not (run / "checkpoints" / "final.pt").exists()
-    (run / "metrics.jsonl").unlink()  # Snakemake deletes a failed job's declared outputs; last.pt is not one
-    resumed = subprocess.run(command(run), check=True, capture_output=True, text=True)
-    assert "resuming" in resumed.stderr
+def _wait_for(proc, pattern):
+    """Read proc's stderr until a line contains `pattern`; returns the lines read."""
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if pattern in line:
+            return lines
+    raise AssertionError("".join(lines)[-2000:])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_sigterm_at_a_random_step_then_resume_gives_the_same_metrics(digits, tmp_path):
+    # what SLURM does at the time limit; wm: the mirror's noise generator must come back too
+    import random
+
+    (tmp_path / "params.yaml").write_text(json.dumps(digits_params(digits, epochs=2)))  # JSON is YAML
+    reference, run = tmp_path / "reference", tmp_path / "stopped"
+    subprocess.run(_command(tmp_path / "params.yaml", reference), check=True, capture_output=True)
+    proc = subprocess.Popen(_command(tmp_path / "params.yaml", run), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    _wait_for(proc, f"epoch {random.choice([1, 2])}/2: 5/22")  # a progress line: training is under way
+    time.sleep(random.uniform(0, 2))
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=300)[1]
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "stopped by SIGTERM at a mid-epoch checkpoint" in err and "rerun the same command" in err
+    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["step"] > 0 and not (run / "checkpoints" / "final.pt").exists()
+    resumed = subprocess.run(_command(tmp_path / "params.yaml", run), check=True, capture_output=True, text=True)
+    assert f"resuming {run} at epoch {ckpt['epoch'] + 1}, step {ckpt['step']}" in resumed.stderr
     timing = {"images_per_s", "train_seconds", "val_seconds", "seconds"}
     strip = [{k: v for k, v in r.items() if k not in timing} for r in read_metrics(run)]
     expect = [{k: v for k, v in r.items() if k not in timing} for r in read_metrics(reference)]
-    assert len(strip) == 3 and strip == expect
+    assert len(strip) == 2 and strip == expect
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_progressive_resizing_resumes_at_the_right_resolution(digits, tmp_path):
+    import threading
+
+    params = digits_params(digits, epochs=3, log_every=1, check_every=1)
+    params["data"].update({"res": 16, "val_res": 16, "min_res": 8, "ramp": [0, 2]})
+    run = tmp_path / "run"
+    stopper = threading.Timer(3.0, os.kill, (os.getpid(), signal.SIGTERM))  # a preemption mid-run
+    stopper.start()
+    first = train(params, "resnet18", "bp", 0, run)
+    stopper.cancel()
+    assert first["status"] == "stopped" or first["status"] == "finished"
+    train(params, "resnet18", "bp", 0, run)
+    assert [r["res"] for r in read_metrics(run)] == [8, 16, 16]  # epoch 1 at min_res, the ramp, then res
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_one_writer_per_run_folder(digits, tmp_path):
+    (tmp_path / "params.yaml").write_text(json.dumps(digits_params(digits, epochs=2)))
+    first = subprocess.Popen(_command(tmp_path / "params.yaml", tmp_path / "run", "bp"), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(first, "epoch 1/2: 5/22")
+        second = subprocess.run(_command(tmp_path / "params.yaml", tmp_path / "run", "bp"), capture_output=True,
+                                text=True, timeout=120)
+    finally:
+        first.kill()
+        first.wait()
+    assert second.returncode == 2
+    assert second.stderr.strip().splitlines() == [
+        f"dlwt train: {tmp_path / 'run'} is being trained by another process (pid {first.pid}, lock "
+        f"{tmp_path / 'run' / '.lock'}): wait for it, or stop it first"]
 
 
 @pytest.mark.timeout(300)

@@ -4,22 +4,26 @@
     model = torchvision.models.resnet18()
     dlwt.convert(model, "wm")            # every Conv2d/Linear now sends errors back through B
     dlwt.mirror_step(model, steps=100)   # weight mirror warm-up (wm only)
+
+The names below load torch on first use, not on `import dlwt`: the Snakefile imports dlwt.dag and dlwt.params
+on login nodes, where `snakemake -n` must not spend seconds importing torch.
 """
-from dlwt import models  # noqa: F401  (dlwt.models.build)
-from dlwt.rules import (
-    RULES,
-    FeedbackConv2d,
-    FeedbackLinear,
-    alignment,
-    backprop_mode,
-    convert,
-    gradient_alignment,
-    mirror_step,
-    rule_of,
-)
+import importlib
 
 __version__ = "0.1.0"
 __all__ = [
     "RULES", "FeedbackConv2d", "FeedbackLinear", "alignment", "backprop_mode", "convert",
-    "gradient_alignment", "mirror_step", "rule_of",
+    "gradient_alignment", "mirror_step", "rule_of", "models",
 ]
+
+
+def __getattr__(name):  # PEP 562: dlwt.convert etc. import dlwt.rules (and torch) when first asked for
+    if name == "models":
+        return importlib.import_module("dlwt.models")
+    if name in __all__:
+        return getattr(importlib.import_module("dlwt.rules"), name)
+    raise AttributeError(f"module 'dlwt' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

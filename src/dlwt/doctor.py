@@ -178,12 +178,14 @@ def run(params: dict, steps: int = 5) -> dict:
             rows.append(r)
             if not r["finite"]:
                 checks.append((f"{arch}-{rule}", False, "non-finite loss in the timing steps"))
-    sidecar = os.path.join(d["root"], d["dataset"], "ffcv", "train.beton.json")
-    train_images = json.load(open(sidecar))["images"] if os.path.exists(sidecar) else IMAGENET_TRAIN
-    report.update({"steps": rows, "estimate": estimate(params, rows, train_images, IMAGENET_VAL
-                                                       if d["source"] == "imagenet" else train_images // 5),
-                   "disk_gb": IMAGENET_DISK_GB if d["source"] == "imagenet" else None,
-                   "host": platform.node(), "data": source})
+    counts = {}
+    for split, default in (("train", IMAGENET_TRAIN), ("val", IMAGENET_VAL)):
+        sidecar = os.path.join(d["root"], d["dataset"], "ffcv", f"{split}.beton.json")
+        counts[split] = (json.load(open(sidecar))["images"] if os.path.exists(sidecar)
+                         else default if d["source"] == "imagenet" else None)
+    report.update({"steps": rows, "images": counts, "host": platform.node(), "data": source,
+                   "estimate": estimate(params, rows, counts["train"], counts["val"]) if counts["train"] else None,
+                   "disk_gb": IMAGENET_DISK_GB if d["source"] == "imagenet" else None})
     report["checks"] = checks
     return report
 
@@ -199,8 +201,9 @@ def print_report(report: dict, out=sys.stdout) -> None:
         print(f"{r['arch']:10} {r['rule']:4} {r['ms_per_step']:9.1f} {ratio:>6} {r['images_per_s']:8.0f} "
               f"{r['peak_mb']:8.0f}", file=out)
     e = report["estimate"]
-    print(f"\nwhole experiment ({e['runs']} runs, from these step times): {e['gpu_hours_total']:.1f} device-hours",
-          file=out)
+    print(f"\nwhole experiment ({e['runs']} runs, {report['images']['train']} train images, from these step times): "
+          f"{e['gpu_hours_total']:.1f} device-hours" if e else "\nno estimate: run `dlwt convert` first (it counts "
+          "the images)", file=out)
     if report["disk_gb"]:
         print("disk (GB, estimates): " + ", ".join(f"{k} {v}" for k, v in report["disk_gb"].items()), file=out)
 

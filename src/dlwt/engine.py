@@ -116,6 +116,20 @@ def train_one_epoch(model, loader, optimizer, device, *, epoch=0, scheduler=None
             "stopped": stopped}
 
 
+def fixed_batch(loader, n: int):
+    """The first n images (and labels) of a sequential loader: the fixed batch on which the angle between
+    a rule's update and backprop's gradient is measured (the same images for every rule)."""
+    xs, ys, have = [], [], 0
+    loader.set_epoch(0)
+    for x, y in loader:
+        xs.append(x)
+        ys.append(y)
+        have += y.shape[0]
+        if have >= n:
+            break
+    return torch.cat(xs)[:n], torch.cat(ys)[:n]
+
+
 @torch.no_grad()
 def evaluate(model, loader, device, *, amp_dtype=None) -> dict:
     """Loss, top-1 and top-5 error over the whole of `loader` in eval mode (summed over DDP ranks, each

@@ -63,6 +63,20 @@ def eval_path(exp: str, run: str) -> Path:
     return exp_dir(exp) / "eval" / f"{run}.json"
 
 
+def figure_stems(params: dict) -> list[str]:
+    """The report's figures (each written as <stem>.pdf and <stem>.png); the set depends only on params."""
+    return ["fig_error_vs_epoch", *(f"fig_angle_vs_epoch_{a}" for a in params["model"]["archs"]),
+            "fig_final_alignment"]
+
+
+def report_outputs(params: dict) -> list[Path]:
+    """Every file `dlwt report` writes for params: the Snakefile's and dvc.yaml's report outputs."""
+    res, pap = exp_dir(params["exp"]), paper_dir(params["exp"])
+    return [res / "summary.csv", res / "summary.json", res / "curves.csv",
+            pap / "table1.md", pap / "table1.tex", pap / "README.md",
+            *(pap / "figures" / f"{stem}.{fmt}" for stem in figure_stems(params) for fmt in ("pdf", "png"))]
+
+
 class Run:
     """The files of one run folder (results/<exp>/runs/<run>/)."""
 
@@ -74,3 +88,4 @@ class Run:
         self.last = self.checkpoints / "last.pt"       # the resume point (model, optimiser, RNG, position)
         self.final = self.checkpoints / "final.pt"     # written last: the run finished
         self.lock = self.out / ".lock"                 # held by the one `dlwt train` writing here
+        self.live = self.out / "dvclive"               # DVCLive: metrics.json (latest) and plots/metrics/**.tsv

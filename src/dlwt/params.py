@@ -1,12 +1,13 @@
-"""Load params.yaml, deep-merge overlays over it, validate against params_schema.yaml.
+"""Load params.yaml, deep-merge overlays over it, fill what they leave out with the schema's defaults, validate.
+params_schema.yaml declares every setting once (type, default, why); `defaults()` is the one place code reads
+a default from.
 
-    python -m dlwt.params params.yaml config/demo.yaml     # prints the merged, validated params as JSON
+    dlwt params --params params.yaml --overlay config/demo.yaml     # prints the merged, validated params
 """
 from __future__ import annotations
 
 import copy
-import json
-import sys
+import functools
 from importlib import resources
 from pathlib import Path
 
@@ -20,8 +21,47 @@ class ParamsError(DlwtError, ValueError):
     """params.yaml or an overlay is missing, malformed, or breaks the schema."""
 
 
-def schema() -> dict:
+@functools.lru_cache(maxsize=1)
+def _schema() -> dict:
     return yaml.safe_load(resources.files("dlwt").joinpath("params_schema.yaml").read_text())
+
+
+def schema() -> dict:
+    return copy.deepcopy(_schema())
+
+
+def _fill(node: dict, value):
+    """value with every key the schema node gives a default filled in (value itself when it is not a dict)."""
+    props = node.get("properties")
+    if not props or not isinstance(value, dict):
+        return value
+    out = dict(value)
+    for key, sub in props.items():
+        if key in out:
+            out[key] = _fill(sub, out[key])
+        elif "default" in sub:
+            out[key] = copy.deepcopy(sub["default"])
+        elif sub.get("properties") and not sub.get("required"):  # a section whose keys all have defaults
+            out[key] = _fill(sub, {})
+    return out
+
+
+def complete(params: dict) -> dict:
+    """params with every key it leaves out set to the schema's default (a copy)."""
+    return _fill(_schema(), copy.deepcopy(params))
+
+
+def defaults(section: str) -> dict:
+    """The schema's defaults of one section, e.g. defaults("data"): what the library uses without params."""
+    return _fill(_schema()["properties"][section], {})
+
+
+def choices(dotted: str) -> list:
+    """The allowed values of an enum setting, e.g. choices("data.source") (for CLI flags)."""
+    node = _schema()
+    for part in dotted.split("."):
+        node = node["properties"][part]
+    return list(node["enum"])
 
 
 def deep_merge(base: dict, over: dict) -> dict:
@@ -62,17 +102,28 @@ def validate(params: dict, source: str = "params") -> dict:
     raise ParamsError(f"{source}: {where}: {error.message}")
 
 
-def load(path="params.yaml", overlays=()) -> dict:
-    """params.yaml with each overlay deep-merged over it in order, validated."""
+def read_merged(path="params.yaml", overlays=()) -> dict:
+    """params.yaml with each overlay deep-merged over it in order, as written (no defaults, not validated)."""
     params = _read(path)
     for overlay in overlays:
         params = deep_merge(params, _read(overlay))
+    return params
+
+
+def load(path="params.yaml", overlays=()) -> dict:
+    """params.yaml with each overlay deep-merged over it in order, defaults filled in, validated."""
+    params = read_merged(path, overlays)
     names = " + ".join(str(p) for p in (path, *overlays))
-    return validate(params, names)
+    return validate(complete(params), names)
 
 
-if __name__ == "__main__":
-    try:
-        print(json.dumps(load(sys.argv[1], sys.argv[2:]), indent=2))
-    except ParamsError as e:
-        sys.exit(f"dlwt: {e}")
+def add_arguments(p) -> None:
+    """--params and --overlay: how every `dlwt` subcommand is told its params."""
+    p.add_argument("--params", default="params.yaml", help="the experiment's params file")
+    p.add_argument("--overlay", action="append", default=[], help="YAML deep-merged over --params (repeatable)")
+
+
+def add_subparser(sub) -> None:
+    p = sub.add_parser("params", help="print the merged, validated params (YAML) that every stage reads")
+    add_arguments(p)
+    p.set_defaults(func=lambda a: print(yaml.safe_dump(load(a.params, a.overlay), sort_keys=False), end="") or 0)

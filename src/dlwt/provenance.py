@@ -1,8 +1,10 @@
-"""What a result was made with (saved beside it, airbench-style), and atomic JSON writes."""
+"""What a result was made with (saved beside it, airbench-style).
+
+atomic_write/write_json_atomic moved to dlwt.atomic (the one writer); re-exported here until every caller
+imports them from there.
+"""
 from __future__ import annotations
 
-import json
-import os
 import platform
 import subprocess
 import time
@@ -10,6 +12,8 @@ from importlib import metadata
 from pathlib import Path
 
 import torch
+
+from dlwt.atomic import atomic_write, write_json_atomic  # noqa: F401  (re-export, see docstring)
 
 PACKAGES = ("dlwt", "torch", "torchvision", "numpy", "ffcv")
 
@@ -47,21 +51,3 @@ def provenance(params: dict, *, world_size: int, device: torch.device) -> dict:
     return {"params": params, "git_sha": git_sha(), "versions": versions(), "device": device_name(device),
             "world_size": world_size, "host": platform.node(),
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-
-
-def atomic_write(path, data: str | bytes) -> None:
-    """Write to a temp file beside `path`, then rename: a reader never sees half a file, and a killed writer
-    never leaves one under the final name for a rerun (or DVC, or Snakemake) to take for finished."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def write_json_atomic(path, obj) -> None:
-    atomic_write(path, json.dumps(obj, indent=2) + "\n")

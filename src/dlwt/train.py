@@ -27,41 +27,15 @@ import torch
 import torch.distributed as dist
 
 import dlwt
-from dlwt import ddp, devices, layout
-from dlwt.engine import EpochState, NonFiniteLoss, evaluate, sgd, train_one_epoch
+from dlwt import checkpoint, dag, ddp, devices, layout
+from dlwt.atomic import atomic_write, remove_stale_temps, save_torch, write_json_atomic
+from dlwt.engine import EpochState, NonFiniteLoss, evaluate, fixed_batch, sgd, train_one_epoch
 from dlwt.errors import DlwtError
+from dlwt.live import LiveLog
 from dlwt.progress import Progress
-from dlwt.provenance import atomic_write, provenance, write_json_atomic
+from dlwt.provenance import provenance
 
 FORMAT = "dlwt-checkpoint-2"
-# Settings that say where and how fast a run goes, not what it computes: editing them neither reruns nor restarts.
-OPERATIONAL = {"data": ("num_workers", "os_cache", "root", "raw_dir", "urls", "imagefolder", "synthetic", "digits"),
-               "train": ("grad_batch", "check_every", "checkpoint_minutes", "log_every", "device")}
-
-
-def run_settings(params: dict, rule: str) -> dict:
-    """What a train run of `rule` computes with: data loading and recipe, the stem, mirror.* for wm only."""
-    keep = {s: {k: v for k, v in params[s].items() if k not in OPERATIONAL.get(s, ())} for s in ("data", "train")}
-    keep["data"] = {k: v for k, v in keep["data"].items()
-                    if k not in ("max_resolution", "jpeg_quality", "compress_probability", "write_mode",
-                                 "page_size", "on_corrupt", "source", "dataset")}
-    keep["model.stem"] = params["model"]["stem"]
-    if rule == "wm":
-        keep["mirror"] = params["mirror"]
-    return keep
-
-
-def changed_key(old: dict, new: dict, prefix: str = "") -> str | None:
-    """The first dotted key whose value differs between two settings dicts, or None."""
-    for k in sorted(set(old) | set(new)):
-        a, b = old.get(k), new.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            found = changed_key(a, b, f"{prefix}{k}.")
-            if found:
-                return found
-        elif a != b:
-            return f"{prefix}{k}"
-    return None
 
 
 def lr_lambda(train_cfg: dict, steps_per_epoch: int):
@@ -80,30 +54,13 @@ def lr_lambda(train_cfg: dict, steps_per_epoch: int):
     return factor
 
 
-def save_atomic(obj, path: Path) -> None:
-    """torch.save to a per-process temp name, then rename: a kill mid-write never leaves half a checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def load_checkpoint(path: Path) -> dict | None:
-    """A dlwt checkpoint as data (weights_only: a crafted file cannot run code), on the CPU whatever device
-    saved it (RNG states must be CPU ByteTensors); None if absent; one-line DlwtError if unreadable."""
+    """last.pt as data on the CPU (dlwt.checkpoint), or None when there is none yet."""
     if not path.exists():
         return None
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 (truncated: RuntimeError; pickled code: UnpicklingError; ...)
-        raise DlwtError(f"{path}: not a readable dlwt checkpoint ({type(e).__name__}); move it away to start "
-                        "the run afresh") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise DlwtError(f"{path}: not a {FORMAT} file; move it away to start the run afresh")
+    ckpt = checkpoint.load(path, fix="move it away to start the run afresh")
+    if ckpt.get("format") != FORMAT:
+        raise DlwtError(f"{path}: not a {FORMAT} file (an older dlwt?); move it away to start the run afresh")
     return ckpt
 
 
@@ -140,19 +97,6 @@ class StopSignal:
             signal.signal(s, h)
 
 
-def fixed_batch(loader, n: int):
-    """The first n images (and labels) of a sequential loader."""
-    xs, ys, have = [], [], 0
-    loader.set_epoch(0)
-    for x, y in loader:
-        xs.append(x)
-        ys.append(y)
-        have += y.shape[0]
-        if have >= n:
-            break
-    return torch.cat(xs)[:n], torch.cat(ys)[:n]
-
-
 def train(params: dict, arch: str, rule: str, seed: int, out: Path, *, restart: bool = False) -> dict:
     """Run, resume or finish one training run; returns {"status": "finished"|"stopped", "signal", "metrics"}."""
     from dlwt.data.loaders import make_loader, res_for_epoch
@@ -161,17 +105,19 @@ def train(params: dict, arch: str, rule: str, seed: int, out: Path, *, restart: 
     tcfg, mcfg, dcfg = params["train"], params["mirror"], params["data"]
     rank, world, dev = ddp.setup(tcfg)
     lock = lock_run(run) if rank == 0 else None
-    settings = run_settings(params, rule)
+    if rank == 0:  # temp files of killed writers (a checkpoint is ~0.2-0.5 GB each)
+        for folder in (run.out, run.checkpoints):
+            remove_stale_temps(folder)
     ckpt = load_checkpoint(run.last)
     if ckpt is not None and (ckpt["arch"], ckpt["rule"], ckpt["seed"]) != (arch, rule, seed):
         raise DlwtError(f"{run.last} is {layout.run_id(ckpt['arch'], ckpt['rule'], ckpt['seed'])}, not "
                         f"{layout.run_id(arch, rule, seed)}: use another --out, or move it away")
-    key = None if ckpt is None else changed_key(ckpt["settings"], settings)
-    if ckpt is not None and (key or restart):
+    keys = [] if ckpt is None else dag.changed_keys(ckpt["params"], params, rule)  # the DAG's own key set
+    if ckpt is not None and (keys or restart):
         stale = run.last.with_name(f"last-stale-{int(time.time())}.pt")
         if rank == 0:
             os.replace(run.last, stale)
-            why = f"setting {key} changed" if key else "--restart"
+            why = f"setting {', '.join(keys)} changed" if keys else "--restart"
             print(f"dlwt train: {why}; moved {run.last.name} to {stale.name} and starting afresh", file=sys.stderr)
         ckpt = None
     finished = ckpt is not None and ckpt["epoch"] >= tcfg["epochs"] and not ckpt.get("step")
@@ -221,14 +167,15 @@ def train(params: dict, arch: str, rule: str, seed: int, out: Path, *, restart: 
     probe = fixed_batch(val_loader, tcfg["align_batch"]) if tcfg["align_batch"] and rank == 0 else None
     name = layout.run_id(arch, rule, seed)
 
-    def checkpoint(epoch_done: int, state: EpochState | None) -> None:
-        save_atomic({"format": FORMAT, "arch": arch, "rule": rule, "seed": seed, "epoch": epoch_done,
+    def save(epoch_done: int, state: EpochState | None) -> None:
+        save_torch({"format": FORMAT, "arch": arch, "rule": rule, "seed": seed, "epoch": epoch_done,
                      "step": state.step if state else 0, "epoch_state": state.as_dict() if state else None,
                      "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                      "mirror_rng": mirror_gen.get_state() if rule == "wm" else None, "metrics": rows,
-                     "settings": settings, "run_info": run_info, "stem": params["model"]["stem"],
+                     "params": params, "run_info": run_info, "stem": params["model"]["stem"],
                      "num_classes": train_loader.num_classes}, run.last)
 
+    live = LiveLog(run.out / "dvclive", enabled=rank == 0, resume=ckpt is not None)
     stop = StopSignal()
     stopped = None
     try:
@@ -244,19 +191,21 @@ def train(params: dict, arch: str, rule: str, seed: int, out: Path, *, restart: 
             def on_sync(state, last, epoch=epoch, bar=bar):
                 nonlocal last_save, stopped
                 if rank == 0 and (state.step - bar.n >= tcfg["log_every"] or last):
-                    bar.update(state.step - bar.n, loss=float(state.loss_sum) / max(state.seen, 1),
-                               img_s=state.seen / max(state.seconds, 1e-9), lr=sched.get_last_lr()[0])
+                    now = {"loss": float(state.loss_sum) / max(state.seen, 1), "lr": sched.get_last_lr()[0],
+                           "images_per_s": state.seen * world / max(state.seconds, 1e-9)}
+                    bar.update(state.step - bar.n, **now)
+                    live.progress(epoch * len(train_loader) + state.step, **now)
                 flag = torch.tensor([0.0 if stop.signum is None else float(stop.signum)], device=dev.torch)
                 if world > 1:
                     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
                 if flag.item() and not last:
                     stopped = int(flag.item())
                     if rank == 0:
-                        checkpoint(epoch, state)
+                        save(epoch, state)
                     return True
                 minutes = tcfg["checkpoint_minutes"]
                 if rank == 0 and minutes and not last and time.monotonic() - last_save > 60 * minutes:
-                    checkpoint(epoch, state)
+                    save(epoch, state)
                     last_save = time.monotonic()
                 return False
 
@@ -285,12 +234,14 @@ def train(params: dict, arch: str, rule: str, seed: int, out: Path, *, restart: 
             rows.append(row)
             if rank == 0:
                 atomic_write(run.metrics, "".join(json.dumps(r) + "\n" for r in rows))
-                checkpoint(epoch + 1, None)
+                save(epoch + 1, None)
+                live.epoch((epoch + 1) * len(train_loader), row)
                 print(f"{name} epoch {epoch + 1}/{tcfg['epochs']}: train loss {row['train_loss']:.4f}, val top-1 "
                       f"err {row['val_top1_err']:.4f}, top-5 err {row['val_top5_err']:.4f}, "
                       f"{row['images_per_s']:.0f} img/s", flush=True)
     finally:
         stop.restore()
+        live.close()
     if stopped:
         if rank == 0:
             print(f"dlwt train: {name} stopped by {signal.Signals(stopped).name} at a mid-epoch checkpoint "
@@ -307,9 +258,9 @@ def train(params: dict, arch: str, rule: str, seed: int, out: Path, *, restart: 
 
 def _write_final(ckpt: dict, run: layout.Run) -> None:
     """final.pt: what evaluation and users need (weights with B, metadata), not the optimiser's state."""
-    keep = ("format", "arch", "rule", "seed", "epoch", "model", "metrics", "settings", "run_info", "stem",
+    keep = ("format", "arch", "rule", "seed", "epoch", "model", "metrics", "params", "run_info", "stem",
             "num_classes")
-    save_atomic({k: ckpt[k] for k in keep}, run.final)
+    save_torch({k: ckpt[k] for k in keep}, run.final)
 
 
 def _mirror_every(model, mcfg, generator, kwargs):

@@ -18,15 +18,32 @@ class DataError(DlwtError):
     """Bad input to the data stage. The message is one line naming the file and the fix; the CLI prints it."""
 
 
+def dataset_dir(root, dataset):
+    """data/<dataset>: everything the data stages write for one dataset (data.dataset must be a plain name,
+    so nothing lands outside data.root)."""
+    import os
+
+    from dlwt.layout import safe_name
+
+    return os.path.join(root, safe_name(dataset, "data.dataset"))
+
+
+def acquired_path(root, dataset):
+    """data/<dataset>/acquired.json: what acquire found (the acquire stage's output in the DAG)."""
+    import os
+
+    return os.path.join(dataset_dir(root, dataset), "acquired.json")
+
+
 def images_dir(root, dataset):
     """data/<dataset>/images: the ImageFolder tree ({train,val}/<class>/*) and classes.json."""
     import os
 
-    return os.path.join(root, dataset, "images")
+    return os.path.join(dataset_dir(root, dataset), "images")
 
 
 def ffcv_dir(root, dataset):
     """data/<dataset>/ffcv: {train,val}.beton and their .json sidecars."""
     import os
 
-    return os.path.join(root, dataset, "ffcv")
+    return os.path.join(dataset_dir(root, dataset), "ffcv")

@@ -6,8 +6,10 @@
 Every image is decoded once first (imagefolder.verify): a corrupt JPEG is skipped and counted, or stops
 the run, as data.on_corrupt says. (It must not reach FFCV's writer: a worker that raises there leaves the
 parent waiting forever.) The .beton is written under a temporary name and renamed when complete; the
-sidecar (counts per class, file size, sha256 of the inputs, settings) is written last, and the stale one
-removed first, so a beton is finished exactly when its sidecar exists.
+sidecar (counts per class, file size, sha256 of the inputs, settings) is written last, and the stale pair
+removed first, so a beton is finished exactly when its sidecar exists. Both are the stage's outputs (the
+Snakefile and dvc.yaml declare both), so a convert killed half-way is rerun by either runner. Temp files
+of killed converts are removed at the start.
 """
 
 import os
@@ -15,8 +17,11 @@ import sys
 
 import numpy as np
 
+from dlwt.atomic import os_errors, remove_stale_temps, temp_path
 from dlwt.data import DataError, ffcv_dir, images_dir
 from dlwt.data.imagefolder import read_classes, scan, verify, write_json
+from dlwt.devices import workers as allowed_workers
+from dlwt.progress import Progress
 
 
 class _Folder:
@@ -53,7 +58,7 @@ def convert_split(
     from ffcv.fields import IntField, RGBImageField
     from ffcv.writer import DatasetWriter
 
-    workers = max(1, min(int(num_workers), os.cpu_count() or 1))  # FFCV raises above the core count
+    workers = max(1, allowed_workers(num_workers))  # numba (FFCV) refuses more threads than the affinity mask
     classes = [c["wnid"] for c in read_classes(images)]
     samples, folders = scan(images, split)
     if folders != classes:
@@ -74,9 +79,10 @@ def convert_split(
     os.makedirs(out_dir, exist_ok=True)
     final = os.path.join(out_dir, f"{split}.beton")
     sidecar = f"{final}.json"
-    if os.path.exists(sidecar):
-        os.remove(sidecar)
-    tmp = f"{final}.tmp-{os.getpid()}"
+    for old in (sidecar, final):  # sidecar first: a beton without one is unfinished; the old beton would
+        if os.path.exists(old):   # only double the disk used while the new one is written
+            os.remove(old)
+    tmp = str(temp_path(final))
     try:
         writer = DatasetWriter(
             tmp,
@@ -92,6 +98,11 @@ def convert_split(
             page_size=page_size,
             num_workers=workers,
         )
+        # FFCV's writer shows its progress with tqdm(total=...).update()/.close() (ffcv/writer.py, _worker_loop's
+        # caller): a Progress instead prints plain lines in batch logs and is tqdm itself on a terminal
+        import ffcv.writer
+
+        ffcv.writer.tqdm = lambda total: Progress(total, f"convert {os.path.basename(final)}")
         writer.from_indexed_dataset(_Folder(images, good), chunksize=max(1, min(100, len(good) // workers)))
         os.replace(tmp, final)
     finally:
@@ -123,4 +134,6 @@ def convert(root, dataset, splits=("train", "val"), **kwargs):
     """<root>/<dataset>/images -> <root>/<dataset>/ffcv/{split}.beton per split; kwargs: convert_split's."""
     images = images_dir(root, dataset)
     read_classes(images)  # a clear error when extract has not run
-    return {s: convert_split(images, ffcv_dir(root, dataset), s, **kwargs) for s in splits}
+    remove_stale_temps(ffcv_dir(root, dataset))
+    with os_errors(near=ffcv_dir(root, dataset)):  # FFCV's writer names no file in its errors
+        return {s: convert_split(images, ffcv_dir(root, dataset), s, **kwargs) for s in splits}

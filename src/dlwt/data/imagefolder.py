@@ -7,25 +7,36 @@ Class index = position of the folder name in sorted order (torchvision's ImageFo
 """
 
 import hashlib
+import io
 import json
 import os
+import re
 from multiprocessing import Pool
 
-from tqdm import tqdm
-
-from dlwt.data import DataError, images_dir
+from dlwt.atomic import replace_dir, staged_dir, write_json_atomic
+from dlwt.data import DataError, dataset_dir, images_dir
+from dlwt.devices import workers as allowed_workers
+from dlwt.progress import progress
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".webp", ".tif", ".tiff")
 SPLITS = ("train", "val")
 
 
 def write_json(path, obj):
-    """Atomic JSON write: a reader never sees half a file, a crash never leaves one under the final name."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
+    """Atomic JSON write (dlwt.atomic): a reader never sees half a file, nor a crash one under the final name."""
+    write_json_atomic(path, obj, indent=1)
+
+
+_replace_dir = replace_dir  # the old name (digits.py)
+
+
+def check_class_name(name, where):
+    """A class folder name that is one plain path component (it becomes a folder and a classes.json entry):
+    not hidden, no separator, no NUL. Spaces and other characters of real class names are fine."""
+    if not name or name.startswith(".") or re.search(r"[/\\\x00]", name):
+        raise DataError(f"{os.path.join(where, name)}: {name!r} is not a usable class folder name (hidden, "
+                        "or has a separator); rename or remove it")
+    return name
 
 
 def write_classes(images, wnids, names=None):
@@ -56,7 +67,8 @@ def scan(images, split):
     if not os.path.isdir(top):
         raise DataError(f"{top} is missing: expected an ImageFolder split {split}/<class>/<image>")
     train_top = os.path.join(images, "train")
-    classes = sorted(e.name for e in os.scandir(train_top) if e.is_dir()) if os.path.isdir(train_top) else []
+    classes = sorted(check_class_name(e.name, train_top) for e in os.scandir(train_top)
+                     if e.is_dir()) if os.path.isdir(train_top) else []
     if not classes:
         raise DataError(f"{train_top} has no class folders: expected train/<class>/<image>")
     index = {c: i for i, c in enumerate(classes)}
@@ -88,13 +100,15 @@ def _check_one(path):
         digest = hashlib.md5(data).hexdigest()
     except OSError as e:
         return None, f"unreadable: {e}"
+    if not data:
+        return digest, "empty file (0 bytes)"
     try:
-        import io
-
         with Image.open(io.BytesIO(data)) as im:
             im.convert("RGB").load()
     except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError) for bad files
-        return digest, f"{type(e).__name__}: {e}"
+        # PIL names the in-memory buffer (with its address): say nothing of it, the caller names the file
+        msg = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(e))
+        return digest, f"{type(e).__name__}: {msg}"
     return digest, None
 
 
@@ -105,7 +119,7 @@ def verify(images, samples, on_corrupt="skip", num_workers=1, desc="verify"):
     'fail' raises DataError naming the first one. The digest covers path, label and bytes of every good
     image, so it changes exactly when the converted dataset would.
     """
-    workers = max(1, min(num_workers, os.cpu_count() or 1))
+    workers = max(1, allowed_workers(num_workers))  # the CPUs this job may use, not the node's
     paths = [os.path.join(images, rel) for rel, _ in samples]
     if workers == 1:
         results = map(_check_one, paths)
@@ -115,7 +129,7 @@ def verify(images, samples, on_corrupt="skip", num_workers=1, desc="verify"):
     good, bad, h = [], [], hashlib.sha256()
     try:
         for (rel, label), (md5, err) in zip(
-            samples, tqdm(results, total=len(samples), desc=desc, leave=False)
+            samples, progress(results, total=len(samples), desc=desc)
         ):
             if err is None:
                 good.append((rel, label))
@@ -136,35 +150,24 @@ def verify(images, samples, on_corrupt="skip", num_workers=1, desc="verify"):
 def link_tree(src, root, dataset):
     """source=imagefolder: check the user's tree, then point data/<dataset>/images/{train,val} at it.
 
-    Symlinks, not copies: the user's tree may be large. classes.json is written beside them.
+    Symlinks, not copies: the user's tree may be large. classes.json is written beside them. A tree that
+    overlaps data/<dataset>/ (where extract writes, and what a rerun replaces) is refused: replacing the
+    output would delete the user's images.
     """
     if not src:
         raise DataError(
             "source=imagefolder needs data.imagefolder (or --imagefolder): a tree with train/ and val/"
         )
     src = os.path.abspath(src)
+    real, ours = os.path.realpath(src), os.path.realpath(dataset_dir(root, dataset))
+    if os.path.commonpath([real, ours]) in (real, ours):
+        raise DataError(f"data.imagefolder={src} overlaps {dataset_dir(root, dataset)}, which extract replaces: "
+                        "keep your tree outside data.root/<dataset>, or use another data.dataset")
     for split in SPLITS:
         scan(src, split)  # raises on a missing split, empty class, unknown val class
     _, classes = scan(src, "train")
-    out = images_dir(root, dataset)
-    tmp = f"{out}.tmp-{os.getpid()}"
-    os.makedirs(tmp)
-    for split in SPLITS:
-        os.symlink(os.path.join(src, split), os.path.join(tmp, split))
-    write_classes(tmp, classes)
-    _replace_dir(tmp, out)
-    return out
-
-
-def _replace_dir(tmp, out):
-    """Move a finished tree into place; an older tree at the final name goes only once the new one exists."""
-    import shutil
-
-    if os.path.lexists(out):
-        old = f"{out}.old-{os.getpid()}"
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old)
-    else:
-        os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-        os.replace(tmp, out)
+    with staged_dir(images_dir(root, dataset)) as tmp:
+        for split in SPLITS:
+            os.symlink(os.path.join(src, split), os.path.join(tmp, split))
+        write_classes(tmp, classes)
+    return images_dir(root, dataset)

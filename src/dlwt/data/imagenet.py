@@ -13,18 +13,24 @@ import re
 import shutil
 import tarfile
 import urllib.request
+from contextlib import closing
 
 import numpy as np
-from tqdm import tqdm
 
-from dlwt.data import DataError, images_dir
-from dlwt.data.imagefolder import _replace_dir, write_classes, write_json
+from dlwt.atomic import os_errors, remove_stale_temps, staged_dir
+from dlwt.data import DataError, dataset_dir, images_dir
+from dlwt.data.imagefolder import write_classes, write_json
+from dlwt.layout import safe_name
+from dlwt.progress import Progress, ReadProgress
 
 ARCHIVES = {  # role -> (file name, md5 of the official release)
     "train": ("ILSVRC2012_img_train.tar", "1d675b47d978889d74fa0da5fadfb00e"),
     "val": ("ILSVRC2012_img_val.tar", "29b22e2961454d5413ddabcf34fc5622"),
     "devkit": ("ILSVRC2012_devkit_t12.tar.gz", "fa75699e90414af021442c21a62c3abf"),
 }
+# bytes of the official files (`ls -l` of the release): a download is cut off past them, so a wrong URL
+# cannot fill the disk before the md5 check catches it
+SIZES = {"train": 147_897_477_120, "val": 6_744_924_160, "devkit": 2_568_634}
 META = "ILSVRC2012_devkit_t12/data/meta.mat"
 GROUND_TRUTH = "ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt"
 CHUNK = 1 << 20
@@ -34,13 +40,7 @@ def md5sum(path, desc=None):
     h = hashlib.md5()
     with (
         open(path, "rb") as f,
-        tqdm(
-            total=os.path.getsize(path),
-            unit="B",
-            unit_scale=True,
-            desc=desc or f"md5 {os.path.basename(path)}",
-            leave=False,
-        ) as bar,
+        closing(Progress(os.path.getsize(path), desc or f"md5 {os.path.basename(path)}", unit="B")) as bar,
     ):
         for block in iter(lambda: f.read(CHUNK), b""):
             h.update(block)
@@ -49,7 +49,8 @@ def md5sum(path, desc=None):
 
 
 def _stamp(path):
-    """Record of a verified archive (size + mtime): reruns skip re-hashing 150 GB unless the file changed."""
+    """Record of a verified archive (size + mtime + md5): `dlwt acquire` reruns skip re-hashing 150 GB unless
+    the file changed. extract does not trust it: it hashes the tars anyway while streaming them."""
     st = os.stat(path)
     return f"{path}.md5ok", f"{st.st_size} {st.st_mtime_ns}"
 
@@ -74,9 +75,18 @@ def _verified(path, md5):
     return True
 
 
-def download(url, dest, md5):
-    """Download url to dest: resumes dest.part with an HTTP Range request, renames only once md5 matches."""
+def download(url, dest, md5, cap=None):
+    """Download url to dest: resumes dest.part with an HTTP Range request, renames only once md5 matches.
+    cap: the most bytes dest may have (the official size); more and the download stops, the .part deleted."""
     part = f"{dest}.part"
+
+    def too_big(n):
+        if cap is not None and n > cap:
+            if os.path.exists(part):
+                os.remove(part)
+            raise DataError(f"{url}: {os.path.basename(dest)} would exceed its official size of {cap} bytes "
+                            f"({n} or more); check the URL (the partial file was deleted)")
+
     have = os.path.getsize(part) if os.path.exists(part) else 0
     req = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
     try:
@@ -99,13 +109,14 @@ def download(url, dest, md5):
                 have = 0
             length = resp.headers.get("Content-Length")
             total = have + int(length) if length else None
+            too_big(total or have)
             with (
                 open(part, "ab" if resumed else "wb") as f,
-                tqdm(
-                    total=total, initial=have, unit="B", unit_scale=True, desc=os.path.basename(dest)
-                ) as bar,
+                closing(Progress(total, f"download {os.path.basename(dest)}", initial=have, unit="B")) as bar,
             ):
                 for block in iter(lambda: resp.read(CHUNK), b""):
+                    have += len(block)
+                    too_big(have)  # a server that sends no (or a false) Content-Length
                     f.write(block)
                     bar.update(len(block))
     got = md5sum(part)
@@ -130,6 +141,7 @@ def acquire(raw_dir, urls=None, checksums=None):
     if unknown:
         raise DataError(f"data.urls: unknown archive(s) {sorted(unknown)}; expected {sorted(ARCHIVES)}")
     os.makedirs(raw_dir, exist_ok=True)
+    remove_stale_temps(raw_dir)  # temp files of a killed writer (synthetic archives); .part files resume
     out = {}
     for role, (name, md5) in ARCHIVES.items():
         md5 = (checksums or {}).get(role, md5)
@@ -140,7 +152,7 @@ def acquire(raw_dir, urls=None, checksums=None):
                     f"{path} is missing: put {name} (ImageNet account needed) there, "
                     f"or give its download URL as data.urls.{role}"
                 )
-            download(urls[role], path, md5)
+            download(urls[role], path, md5, cap=SIZES[role] if md5 == ARCHIVES[role][1] else None)
         _verified(path, md5)
         out[role] = path
     return out
@@ -161,34 +173,57 @@ def read_devkit(path):
     except (tarfile.TarError, EOFError, OSError) as e:
         raise DataError(f"{path}: unreadable devkit ({e}); delete it and run `dlwt acquire` again") from None
     leaves = meta[meta["num_children"] == 0]  # the 1,000 ILSVRC classes; the rest are WordNet ancestors
+    for s in leaves:  # each WNID becomes a folder name: no '..', '/', or absolute path may leave the tree
+        safe_name(str(s["WNID"]), f"{path}: meta.mat WNID")
     by_id = {int(s["ILSVRC2012_ID"]): str(s["WNID"]) for s in leaves}
     names = {str(s["WNID"]): str(s["words"]) for s in leaves}
     counts = {str(s["WNID"]): int(s["num_train_images"]) for s in leaves}
     return by_id, names, counts, [int(t) for t in truth]
 
 
-def _bar(path, desc):
-    """The archive as a file object whose reads advance a byte progress bar (works for streamed tars)."""
-    return tqdm.wrapattr(
-        open(path, "rb"),
-        "read",
-        total=os.path.getsize(path),
-        desc=desc,
-        unit="B",
-        unit_scale=True,
-        leave=False,
-    )
+class _Hashing:
+    """A file read once, front to back, whose md5 is computed on the way: extract checks the archive's
+    integrity in the same pass that unpacks it (no second read of 150 GB)."""
+
+    def __init__(self, path):
+        self.f, self.md5 = open(path, "rb"), hashlib.md5()
+
+    def read(self, n=-1):
+        data = self.f.read(n)
+        self.md5.update(data)
+        return data
+
+    def hexdigest(self):
+        while self.read(CHUNK):  # what tarfile left unread (the end-of-archive padding)
+            pass
+        return self.md5.hexdigest()
+
+    def close(self):
+        self.f.close()
+
+
+def _bar(reader, path, desc):
+    """The reader, its reads advancing a byte progress bar (works for streamed tars)."""
+    return ReadProgress(reader, os.path.getsize(path), desc)
+
+
+def _check_md5(path, reader, md5):
+    got = reader.hexdigest()
+    if got != md5:
+        raise DataError(f"{path}: md5 {got}, expected {md5}; the file is truncated or damaged (it changed since "
+                        "`dlwt acquire` checked it): delete it and run `dlwt acquire` again")
 
 
 def _copy_member(tf, member, dest):
-    with tf.extractfile(member) as src, open(dest, "wb") as dst:
+    with os_errors(dest), tf.extractfile(member) as src, open(dest, "wb") as dst:  # a write error names no file
         shutil.copyfileobj(src, dst, CHUNK)
 
 
-def _extract_train(path, out, wnids, counts):
+def _extract_train(path, out, wnids, counts, md5):
     """Train tar = one <wnid>.tar per class, each a flat set of JPEGs; both levels are read as streams."""
     seen = {}
-    with _bar(path, "train") as f, tarfile.open(fileobj=f, mode="r|") as outer:
+    reader = _Hashing(path)
+    with _bar(reader, path, "train") as f, tarfile.open(fileobj=f, mode="r|") as outer:
         for m in outer:
             if not m.isfile():
                 continue
@@ -206,19 +241,20 @@ def _extract_train(path, out, wnids, counts):
                         _copy_member(inner, jm, os.path.join(out, wnid, os.path.basename(jm.name)))
                         n += 1
             seen[wnid] = n
-    # A tar cut at a member boundary reads without error: the devkit's counts catch it.
-    for wnid in sorted(wnids):
+        _check_md5(path, reader, md5)  # a tar cut at a member boundary reads without error: caught here
+    for wnid in sorted(wnids):  # the archive is the release (md5): a count that differs is the devkit's
         if seen.get(wnid, 0) != counts[wnid]:
             raise DataError(
-                f"{path}: class {wnid} has {seen.get(wnid, 0)} images, the devkit says "
-                f"{counts[wnid]}; the archive is truncated: delete it and run `dlwt acquire`"
+                f"{path}: class {wnid} has {seen.get(wnid, 0)} images, the devkit says {counts[wnid]}; "
+                "the archive is intact (md5), so the devkit does not match it: use the ILSVRC2012 devkit t12"
             )
 
 
-def _extract_val(path, out, by_id, truth):
+def _extract_val(path, out, by_id, truth, md5):
     """Val tar = flat ILSVRC2012_val_<n>.JPEG; image n's class is line n of the ground truth (an ID)."""
     n_seen = 0
-    with _bar(path, "val") as f, tarfile.open(fileobj=f, mode="r|") as tf:
+    reader = _Hashing(path)
+    with _bar(reader, path, "val") as f, tarfile.open(fileobj=f, mode="r|") as tf:
         for m in tf:
             if not m.isfile():
                 continue
@@ -234,34 +270,52 @@ def _extract_val(path, out, by_id, truth):
             os.makedirs(os.path.join(out, wnid), exist_ok=True)
             _copy_member(tf, m, os.path.join(out, wnid, name))
             n_seen += 1
-    if n_seen != len(truth):
+        _check_md5(path, reader, md5)  # a truncated tar is caught here, and blamed
+    if n_seen != len(truth):  # the tar is the release (md5): the ground truth is what does not match
         raise DataError(
-            f"{path}: {n_seen} images, the ground truth lists {len(truth)}; the archive is "
-            "truncated: delete it and run `dlwt acquire`"
+            f"{path}: {n_seen} images (the archive is intact: md5), the devkit's ground truth lists "
+            f"{len(truth)}; the devkit does not match this val tar: use the ILSVRC2012 devkit t12"
         )
 
 
-def extract(raw_dir, root, dataset):
+def expected_md5(raw_dir, checksums=None):
+    """{role: md5}: `checksums`, else the MD5SUMS.json that the synthetic source writes beside its archives,
+    else the official ILSVRC2012 ones."""
+    if checksums is None and os.path.exists(os.path.join(raw_dir, "MD5SUMS.json")):
+        import json
+
+        with open(os.path.join(raw_dir, "MD5SUMS.json")) as f:
+            checksums = json.load(f)
+    return {role: (checksums or {}).get(role, md5) for role, (_, md5) in ARCHIVES.items()}
+
+
+def extract(raw_dir, root, dataset, checksums=None):
     """Archives in raw_dir -> <root>/<dataset>/images/{train,val}/<wnid>/*.JPEG + classes.json.
 
-    Streams the tars (no copy of the archive), writes into images.tmp-<pid> and renames it into place only
-    when both splits are complete, so a failed or killed run leaves nothing that looks finished.
+    Streams the tars (no copy of the archive) and checks their md5 on the way (the acquire stamp is not
+    trusted: a file may have changed since). Writes into images.tmp-<pid>-<host> and renames it into place
+    only when both splits are complete and intact, so a failed or killed run leaves nothing that looks
+    finished; the temp trees of killed runs are removed first.
     """
     paths = {role: os.path.join(raw_dir, name) for role, (name, _) in ARCHIVES.items()}
     for p in paths.values():
         if not os.path.exists(p):
             raise DataError(f"{p} is missing: run `dlwt acquire` first")
+    md5 = expected_md5(raw_dir, checksums)
+    got = md5sum(paths["devkit"])
+    if got != md5["devkit"]:
+        raise DataError(f"{paths['devkit']}: md5 {got}, expected {md5['devkit']}; the file is truncated or "
+                        "damaged (it changed since `dlwt acquire` checked it): delete it and run `dlwt acquire` again")
     by_id, names, counts, truth = read_devkit(paths["devkit"])
     out = images_dir(root, dataset)
-    tmp = f"{out}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    remove_stale_temps(dataset_dir(root, dataset))
+    with staged_dir(out) as tmp:
         for role, fn, args in [
             ("train", _extract_train, (set(names), counts)),
             ("val", _extract_val, (by_id, truth)),
         ]:
             try:
-                fn(paths[role], os.path.join(tmp, role), *args)
+                fn(paths[role], os.path.join(tmp, role), *args, md5[role])
             except (tarfile.TarError, EOFError) as e:
                 raise DataError(
                     f"{paths[role]}: unreadable tar ({e}); it is truncated or corrupt: delete "
@@ -272,6 +326,7 @@ def extract(raw_dir, root, dataset):
             os.path.join(tmp, "extract.json"),
             {
                 "source_archives": {r: os.path.basename(p) for r, p in paths.items()},
+                "archives_md5": md5,
                 "train_images": int(sum(counts.values())),
                 "val_images": len(truth),
                 "classes": len(names),
@@ -280,7 +335,4 @@ def extract(raw_dir, root, dataset):
                 },
             },
         )
-        _replace_dir(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out

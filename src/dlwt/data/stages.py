@@ -11,8 +11,19 @@ data cfg; the work is in acquire_stage / extract_stage / convert_stage (which ta
 import json
 import os
 
-from dlwt.data import DataError
-from dlwt.data.config import SOURCES, resolve
+from dlwt.atomic import check_inside, os_errors, write_json_atomic
+from dlwt.data import DataError, acquired_path, dataset_dir
+from dlwt.data.config import resolve as _resolve_cfg
+from dlwt.params import choices
+
+
+def resolve(cfg=None):
+    """The data cfg with defaults (config.resolve), its names checked before they become paths."""
+    c = _resolve_cfg(cfg)
+    # data.dataset: one plain folder name, and data/<dataset> (followed through symlinks) inside data.root,
+    # since the stages write and replace folders there
+    check_inside(dataset_dir(c["root"], c["dataset"]), c["root"], "data.dataset")
+    return c
 
 # the data settings convert_stage passes to ffcv_io.convert (each also a `dlwt convert` flag)
 CONVERT_KEYS = ("max_resolution", "jpeg_quality", "compress_probability", "write_mode", "page_size",
@@ -21,11 +32,9 @@ CONVERT_KEYS = ("max_resolution", "jpeg_quality", "compress_probability", "write
 
 def acquire_stage(cfg):
     """acquire, then record what it found in <root>/<dataset>/acquired.json: the stage's output in the DAG."""
-    from dlwt.provenance import write_json_atomic
-
     c = resolve(cfg)
     found = _acquire(c)
-    write_json_atomic(os.path.join(c["root"], c["dataset"], "acquired.json"),
+    write_json_atomic(acquired_path(c["root"], c["dataset"]),
                       {"source": c["source"], "dataset": c["dataset"], "files": {k: str(v) for k, v in found.items()}})
     return found
 
@@ -68,7 +77,8 @@ def extract_stage(cfg):
     if c["source"] in ("imagenet", "synthetic"):
         from dlwt.data.imagenet import extract
 
-        return extract(c["raw_dir"], c["root"], c["dataset"])
+        # imagenet: the official md5s only; synthetic: the MD5SUMS.json written beside its archives
+        return extract(c["raw_dir"], c["root"], c["dataset"], checksums={} if c["source"] == "imagenet" else None)
     if c["source"] == "digits":
         from dlwt.data.digits import write_digits
 
@@ -94,11 +104,19 @@ def convert_stage(cfg, splits=("train", "val")):
     return convert(c["root"], c["dataset"], splits=splits, **{k: c[k] for k in CONVERT_KEYS})
 
 
+def _plain(stage):
+    """The CLI handler of a stage: a full disk, a read-only folder or a symlink loop is one line."""
+    def run(args):
+        with os_errors():
+            return stage(args)
+    return run
+
+
 def _common(p):
     p.add_argument("--params", help="params.yaml: its data section is the starting point (flags override it)")
     p.add_argument("--overlay", action="append", default=[], help="YAML deep-merged over --params (repeatable)")
     p.add_argument("--dataset", help="folder name under --root (default: the source's name)")
-    p.add_argument("--source", choices=SOURCES)
+    p.add_argument("--source", choices=choices("data.source"))
     p.add_argument("--root", help="data root (default: data)")
     p.add_argument("--raw-dir", dest="raw_dir", help="archives folder (default: <root>/raw/<dataset>)")
 
@@ -145,15 +163,15 @@ def add_subparsers(subparsers):
     p.add_argument("--val-per-class", dest="val_per_class", type=int)
     p.add_argument("--size", type=int, help="synthetic/digits: image side in pixels")
     p.add_argument("--seed", type=int)
-    p.set_defaults(func=lambda a: acquire_stage(_cfg(a)))
+    p.set_defaults(func=_plain(lambda a: acquire_stage(_cfg(a))))
 
     p = subparsers.add_parser("extract", help="archives -> data/<dataset>/images/{train,val}/<class>/")
     _common(p)
     p.add_argument("--imagefolder", help="source=imagefolder: tree with train/ and val/")
     p.add_argument("--size", type=int, help="digits: image side in pixels")
     p.add_argument("--seed", type=int, help="digits: split seed")
-    p.add_argument("--format", choices=["png", "jpeg"], help="digits: image format")
-    p.set_defaults(func=lambda a: extract_stage(_cfg(a)))
+    p.add_argument("--format", choices=choices("data.digits.format"), help="digits: image format")
+    p.set_defaults(func=_plain(lambda a: extract_stage(_cfg(a))))
 
     p = subparsers.add_parser("convert", help="ImageFolder -> data/<dataset>/ffcv/{train,val}.beton")
     _common(p)
@@ -161,9 +179,9 @@ def add_subparsers(subparsers):
     p.add_argument("--max-resolution", dest="max_resolution", type=int)
     p.add_argument("--jpeg-quality", dest="jpeg_quality", type=int)
     p.add_argument("--compress-probability", dest="compress_probability", type=float)
-    p.add_argument("--write-mode", dest="write_mode", choices=["raw", "jpg", "smart", "proportion"])
+    p.add_argument("--write-mode", dest="write_mode", choices=choices("data.write_mode"))
     p.add_argument("--page-size", dest="page_size", type=int)
     p.add_argument("--num-workers", dest="num_workers", type=int)
-    p.add_argument("--on-corrupt", dest="on_corrupt", choices=["skip", "fail"])
-    p.set_defaults(func=lambda a: convert_stage(_cfg(a), splits=tuple(a.split or ("train", "val"))))
+    p.add_argument("--on-corrupt", dest="on_corrupt", choices=choices("data.on_corrupt"))
+    p.set_defaults(func=_plain(lambda a: convert_stage(_cfg(a), splits=tuple(a.split or ("train", "val")))))
     return subparsers

@@ -20,6 +20,7 @@ import tarfile
 import numpy as np
 from PIL import Image
 
+from dlwt.atomic import atomic_write, temp_path
 from dlwt.data.imagefolder import write_json
 from dlwt.data.imagenet import ARCHIVES, GROUND_TRUTH, META, md5sum
 
@@ -79,11 +80,11 @@ def write_devkit(path, synsets, truth):
             arr[i, 0][f] = s[f]
     buf = io.BytesIO()
     savemat(buf, {"synsets": arr})
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with tarfile.open(tmp, "w:gz") as tf:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz") as tf:
         _add(tf, META, buf.getvalue())
         _add(tf, GROUND_TRUTH, "".join(f"{t}\n" for t in truth).encode())
-    os.replace(tmp, path)
+    atomic_write(path, out.getvalue())
 
 
 def write_archives(raw_dir, classes=3, train_per_class=4, val_per_class=2, size=64, seed=0, noise=0.0):
@@ -135,7 +136,8 @@ def write_archives(raw_dir, classes=3, train_per_class=4, val_per_class=2, size=
     }
 
     paths = {role: os.path.join(raw_dir, name) for role, (name, _) in ARCHIVES.items()}
-    with tarfile.open(paths["train"] + ".tmp", "w") as outer:
+    tmps = {role: temp_path(paths[role]) for role in ("train", "val")}  # renamed once complete
+    with tarfile.open(tmps["train"], "w") as outer:
         for k, wnid in enumerate(wnids):
             buf = io.BytesIO()
             with tarfile.open(fileobj=buf, mode="w") as inner:
@@ -145,13 +147,13 @@ def write_archives(raw_dir, classes=3, train_per_class=4, val_per_class=2, size=
                     record["train"][name] = wnid
             _add(outer, f"{wnid}.tar", buf.getvalue())
     val_classes = rng.permutation(np.repeat(np.arange(classes), val_per_class))  # classes interleaved
-    with tarfile.open(paths["val"] + ".tmp", "w") as tf:
+    with tarfile.open(tmps["val"], "w") as tf:
         for n, k in enumerate(val_classes, 1):
             name = f"ILSVRC2012_val_{n:08d}.JPEG"
             _add(tf, name, jpeg(make_image(colours[k], size, rng, noise)))
             record["val"][name] = wnids[k]
     for role in ("train", "val"):
-        os.replace(paths[role] + ".tmp", paths[role])
+        os.replace(tmps[role], paths[role])
     write_devkit(paths["devkit"], synsets, [int(ids[k]) for k in val_classes])
     write_json(os.path.join(raw_dir, "labels.json"), record)
     write_json(os.path.join(raw_dir, "MD5SUMS.json"), {r: md5sum(p) for r, p in paths.items()})

@@ -1,0 +1,54 @@
+"""`dlwt doctor` on the ci settings (CPU, seconds): the checks, the per-rule step table, the estimate and its
+JSON; a failed check is one FAIL line with its fix and a non-zero exit."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PARAMS, CI = os.path.join(REPO, "params.yaml"), os.path.join(REPO, "config", "ci.yaml")
+
+
+def _doctor(tmp_path, *overlays, affinity=None):
+    pre = f"import os; os.sched_setaffinity(0, {affinity!r}); " if affinity else ""
+    code = (f"{pre}import sys; from dlwt.cli import main; "
+            f"sys.exit(main(['doctor', '--params', {PARAMS!r}, '--overlay', {CI!r}, "
+            + "".join(f"'--overlay', {str(o)!r}, " for o in overlays) + "'--steps', '1']))")
+    return subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.timeout(600)
+def test_doctor_times_every_rule_and_estimates_the_experiment(tmp_path):
+    proc = _doctor(tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads((tmp_path / "results" / "ci" / "doctor.json").read_text())
+    assert report["device"] == "cpu" and report["data"] == "random"  # no .beton in this folder
+    assert [r["rule"] for r in report["steps"]] == ["bp", "fa", "ss", "wm", "kp"]
+    assert all(r["ms_per_step"] > 0 and r["finite"] for r in report["steps"])
+    assert report["steps"][0]["vs_bp"] is None and all(r["vs_bp"] > 0 for r in report["steps"][1:])
+    assert report["estimate"] is None and "no estimate: run `dlwt convert` first" in proc.stdout
+    checks = proc.stdout.split("\n\n")[0].splitlines()
+    assert [c.split(":")[0] for c in checks] == ["ok   device", "ok   loader"]
+
+
+@pytest.mark.timeout(600)
+def test_doctor_estimates_the_imagenet_experiment(tmp_path):
+    (tmp_path / "imagenet.yaml").write_text("data: {source: imagenet}\nmodel: {archs: [resnet18, resnet50]}\n")
+    proc = _doctor(tmp_path, tmp_path / "imagenet.yaml")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    e = json.loads((tmp_path / "results" / "ci" / "doctor.json").read_text())["estimate"]
+    assert e["runs"] == 10 and set(e["gpu_hours_per_arch_rule_all_seeds"]) == {
+        f"{a}-{r}" for a in ("resnet18", "resnet50") for r in ("bp", "fa", "ss", "wm", "kp")}
+    assert "whole experiment (10 runs, 1281167 train images" in proc.stdout
+
+
+@pytest.mark.timeout(600)
+def test_doctor_names_a_failed_check_and_its_fix(tmp_path):
+    (tmp_path / "workers.yaml").write_text("data: {num_workers: 4}\n")
+    proc = _doctor(tmp_path, tmp_path / "workers.yaml", affinity={0})  # a job bound to one core
+    assert proc.returncode == 1
+    fails = [line for line in proc.stdout.splitlines() if line.startswith("FAIL")]
+    assert fails == ["FAIL cpus: data.num_workers=4 but 1 CPUs per rank are allowed: ask the scheduler for more "
+                     "CPUs, or lower data.num_workers"]
