@@ -21,7 +21,8 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 RULE_ORDER = ("bp", "fa", "ss", "wm", "kp")
 RULE_LABELS = {"bp": "BP", "fa": "FA", "ss": "SS", "wm": "WM", "kp": "KP"}
-ARCH_LABELS = {"resnet18": "ResNet-18", "resnet50": "ResNet-50"}
+ARCH_LABELS = {"resnet18": "ResNet-18", "resnet50": "ResNet-50", "resnet8": "ResNet-8", "resnet20": "ResNet-20",
+               "resnet32": "ResNet-32", "resnet56": "ResNet-56"}
 # Okabe-Ito colours (colour-blind safe); BP black and solid so the reference stands out.
 RULE_COLORS = {"BP": "#000000", "FA": "#E69F00", "SS": "#56B4E9", "WM": "#009E73", "KP": "#D55E00"}
 RULE_MARKERS = {"BP": "o", "FA": "s", "SS": "^", "WM": "D", "KP": "v"}
@@ -114,23 +115,74 @@ def error_curves(df: pd.DataFrame, params: dict):
     return g.figure
 
 
+def _depth_colorbar(g, n_layers: int, label: str = "layer depth (0 = first)") -> None:
+    """Depth is a continuous scale: one colorbar instead of a legend of sampled depths."""
+    from matplotlib import cm, colors
+    sm = cm.ScalarMappable(norm=colors.Normalize(0, max(1, n_layers - 1)), cmap="viridis")
+    g.figure.colorbar(sm, ax=list(g.axes.flat), label=label, fraction=0.04, pad=0.02)
+
+
 def angle_curves(df: pd.DataFrame, params: dict, arch: str):
     """(b) angle between B and W per layer against epoch for one arch: a panel per rule, layers coloured by
-    depth (viridis: its lightness rises with depth, so the order survives greyscale)."""
+    depth on a continuous scale (viridis: its lightness rises with depth, so the order survives greyscale)."""
     d = _layers(df[df["arch"] == arch], "angle_deg/")
     if d.empty:
         return placeholder(f"{arch_label(arch)}: no per-layer angles in metrics.jsonl")
     # Mean over seeds: with 20-50 layers a band per layer would bury the lines.
     d = _label_rules(d).groupby(["Rule", "depth", "epoch"], as_index=False)["value"].mean()
     rules = _rules(params)
-    g = sns.relplot(data=d, x="epoch", y="value", hue="depth", palette="viridis", col="Rule", col_order=rules,
-                    col_wrap=min(len(rules), 3), kind="line", errorbar=None, height=2.6, aspect=1.2,
-                    legend="brief")
+    n_layers = int(d["depth"].max()) + 1
+    g = sns.relplot(data=d, x="epoch", y="value", hue="depth", palette="viridis", hue_norm=(0, max(1, n_layers - 1)),
+                    col="Rule", col_order=rules, col_wrap=min(len(rules), 3), kind="line", errorbar=None,
+                    height=2.6, aspect=1.2, legend=False)
     g.set_titles("{col_name}").set_axis_labels("epoch", "angle(B, W) (deg)")
-    if g.legend is not None:
-        g.legend.set_title("layer depth\n(0 = first)")
     _finish(g)
+    _depth_colorbar(g, n_layers)
     g.figure.suptitle(f"{arch_label(arch)}: feedback-weight alignment per layer", y=1.02)
+    return g.figure
+
+
+def final_error(df: pd.DataFrame, params: dict):
+    """(d) final top-1 test error per rule: every seed a dot (no jitter: random jitter would change the file
+    on every rerun), mean +- 1 sd a bar, a panel per arch with its
+    own y range, so differences of a point stay visible next to FA's tens of points."""
+    d = df[df["metric"] == "final_val_top1_err"]
+    if d.empty:
+        return placeholder("no evaluation files: no final errors to draw")
+    d = _label_rules(d).assign(value=lambda x: 100 * x["value"], Arch=lambda x: x["arch"].map(arch_label))
+    archs, rules = [arch_label(a) for a in params["model"]["archs"]], _rules(params)
+    known = all(r in RULE_COLORS for r in rules)
+    pal = {r: RULE_COLORS[r] for r in rules} if known else None
+    g = sns.catplot(data=d, x="Rule", y="value", col="Arch", col_order=archs, order=rules, kind="point",
+                    errorbar="sd", capsize=0.2, linestyle="none", color="0.2", height=3.2, aspect=1.1,
+                    sharey=False, zorder=3)
+    for arch_lbl, ax in g.axes_dict.items():
+        sns.stripplot(data=d[d["Arch"] == arch_lbl], x="Rule", y="value", order=rules, hue="Rule",
+                      hue_order=rules, palette=pal, ax=ax, size=5, jitter=False, legend=False, alpha=0.8)
+        ax.grid(axis="y", color="0.9")
+    g.set_titles("{col_name}").set_axis_labels("", "final top-1 test error (%)")
+    g.figure.suptitle("dots: seeds; bar: mean ± 1 sd", y=1.02, fontsize=9)
+    for ax in g.axes.flat:
+        if not ax.has_data():
+            _empty_note(ax)
+    g.tight_layout()
+    return g.figure
+
+
+def grad_alignment_curves(df: pd.DataFrame, params: dict):
+    """(e) how close each rule's weight update is to backprop's gradient over training: the angle on one fixed
+    train batch, mean over layers, mean +- 1 sd over seeds; a panel per arch. Drawn when train logs it."""
+    d = _layers(df, "grad_angle_deg/")
+    if d.empty:
+        return placeholder("no per-epoch gradient alignment in metrics.jsonl")
+    d = d.groupby(["arch", "rule", "seed", "epoch"], as_index=False)["value"].mean()
+    d = _label_rules(d).assign(Arch=lambda x: x["arch"].map(arch_label))
+    archs = [arch_label(a) for a in params["model"]["archs"]]
+    g = sns.relplot(data=d, x="epoch", y="value", col="Arch", col_order=archs, kind="line", errorbar="sd",
+                    height=3.2, aspect=1.25, facet_kws=dict(sharey=False), **_style(params))
+    g.set_titles("{col_name}").set_axis_labels("epoch", "angle(rule update, BP gradient) (deg)\nmean over layers")
+    _stagger_markers(g, int(d["epoch"].nunique()))
+    _finish(g)
     return g.figure
 
 
@@ -163,20 +215,28 @@ def final_alignment(df: pd.DataFrame, params: dict):
                     **_style(params))
     _stagger_markers(g, int(d.groupby("arch")["depth"].max().max()) + 1)
     g.set_titles("{row_name}: {col_name}").set_axis_labels("layer", "angle (deg)")
-    for (arch_lbl, _), ax in g.axes_dict.items():
+    for (arch_lbl, quantity), ax in g.axes_dict.items():
         arch = next((a for a in params["model"]["archs"] if arch_label(a) == arch_lbl), arch_lbl)
         layers = list(pd.unique(d.loc[d["arch"] == arch, "layer"]))
         _layer_ticks(ax, layers)
+        if quantity == G_ANGLE and layers:
+            # the classifier's weight gradient is the error times its input: no B on the way, so it is
+            # backprop's under every rule; its 0 degrees is true by construction, not a result
+            ax.annotate("classifier: 0° under every rule\n(true by construction: no B\non its gradient's path)",
+                        xy=(len(layers) - 1, 0), xytext=(0.6, 0.5), textcoords="axes fraction", fontsize=7,
+                        ha="center", bbox=dict(boxstyle="round", fc="white", ec="0.7", alpha=0.9),
+                        arrowprops=dict(arrowstyle="->", color="0.3", lw=0.8))
     _finish(g, integer_x=False)
     return g.figure
 
 
 def draw_all(df: pd.DataFrame, params: dict) -> dict:
     """{file stem: Figure} for every figure of the report; the set of stems depends only on params."""
-    figs = {"fig_error_vs_epoch": error_curves(df, params)}
+    figs = {"fig_error_vs_epoch": error_curves(df, params), "fig_final_error": final_error(df, params)}
     for arch in params["model"]["archs"]:
         figs[f"fig_angle_vs_epoch_{arch}"] = angle_curves(df, params, arch)
     figs["fig_final_alignment"] = final_alignment(df, params)
+    figs["fig_grad_alignment_vs_epoch"] = grad_alignment_curves(df, params)
     return figs
 
 
@@ -184,7 +244,10 @@ def render(fig, dpi: int = 150) -> dict:
     """{'pdf': bytes, 'png': bytes}; closes the figure. No creation date in the PDF, so an unchanged result
     gives an unchanged file and DVC sees no spurious change."""
     out = {}
-    for fmt, kw in (("pdf", dict(metadata={"CreationDate": None})), ("png", dict(dpi=dpi))):
+    # no creation date or software version in either file: a rerun (or a matplotlib upgrade) of the same
+    # result gives the same bytes, and `git status` stays clean
+    for fmt, kw in (("pdf", dict(metadata={"CreationDate": None, "Producer": None, "Creator": None})),
+                    ("png", dict(dpi=dpi, metadata={"Software": None}))):
         buf = io.BytesIO()
         fig.savefig(buf, format=fmt, bbox_inches="tight", **kw)
         out[fmt] = buf.getvalue()

@@ -8,29 +8,40 @@ each file atomically (temp file + os.replace):
     results/<exp>/summary.csv     tidy: arch, rule, seed, epoch, metric, value (units as in the inputs: errors
                                   are fractions); per-layer metrics are named '<metric>/<layer>', final
                                   (evaluation) ones start with 'final_'
-    results/<exp>/summary.json    top-1/top-5 error (%) per arch x rule: mean, sample std over seeds, n
-                                  (the DVC metrics file)
-    results/<exp>/curves.csv      run, arch, rule, seed, epoch, losses and errors per epoch (the DVC plots file)
-    paper/<exp>/table1.md, table1.tex, figures/*.pdf|png, README.md
+    results/<exp>/summary.json    per arch x rule: top-1/top-5 error (%) and angle(B, W) (deg; mean over
+                                  layers, and per layer) with sample std over seeds, n, flagged runs (DVC metrics)
+    results/<exp>/curves.csv      epoch, then one column per <arch>-<rule>: top-1 test error (%) mean over seeds
+                                  (the DVC plots file: one line per rule and arch)
+    paper/<exp>/table1.md, table1.tex, figures/*.pdf|png, README.md (verdicts: see dlwt.claims)
 An expected run with no file is shown as missing (a dash in the table, a line in the README), never dropped.
+A NaN error in an eval file stops the report with one line naming the file; other NaNs (an angle) are shown
+as missing. Runs whose recipe misbehaved are flagged beside their numbers and in the verdicts: first-epoch
+mean train loss above ln(classes) (worse than guessing: an early blow-up) or a train loss that rises between
+epochs.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
-from dlwt import figures
+from dlwt import claims, figures
+from dlwt.errors import DlwtError
 from dlwt.figures import RULE_LABELS, arch_label
 from dlwt.provenance import atomic_write
+from dlwt.table1 import load_published, tables  # noqa: F401  (load_published: part of this module's API)
 
-NO_WT = ("fa", "ss", "wm", "kp")  # rules without weight transport: the bold cell is the best of these
-WITHIN_POINTS = 2.0  # the paper: WM and KP come "within a point or two" of BP's top-1 error
+# classes per source, for the first-epoch loss check (imagefolder: read from its classes.json)
+SOURCE_CLASSES = {"digits": 10, "fashion-mnist": 10, "cifar10": 10, "cifar100": 100, "imagenet": 1000}
 COLUMNS = ["arch", "rule", "seed", "epoch", "metric", "value"]
+# wall-clock numbers differ on every rerun: they stay in metrics.jsonl and the eval files, out of the summary,
+# so a rerun of the same results rewrites the same summary files (and `git status` stays clean)
+TIMING = ("images_per_s", "seconds", "train_seconds", "val_seconds")
 
 
 def run_name(arch: str, rule: str, seed: int) -> str:
@@ -43,8 +54,11 @@ def expected_runs(params: dict) -> list[tuple[str, str, int]]:
 
 
 def _fraction(path: Path, key: str, x) -> float:
+    if isinstance(x, float) and math.isnan(x):
+        raise DlwtError(f"{path}: {key} is NaN: the run diverged; fix its recipe (lr, warm-up) and rerun "
+                        "train and evaluate for it")
     if not isinstance(x, (int, float)) or not 0.0 <= x <= 1.0:
-        raise ValueError(f"{path}: {key} = {x!r}, expected an error fraction in [0, 1]")
+        raise DlwtError(f"{path}: {key} = {x!r}, expected an error fraction in [0, 1]")
     return float(x)
 
 
@@ -52,10 +66,10 @@ def read_eval(path: Path, arch: str, rule: str, seed: int) -> dict:
     try:
         ev = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
+        raise DlwtError(f"{path}: not valid JSON ({e})") from None
     for key, want in (("arch", arch), ("rule", rule), ("seed", seed)):
         if ev.get(key) != want:
-            raise ValueError(f"{path}: {key} = {ev.get(key)!r} but the file name says {want!r}")
+            raise DlwtError(f"{path}: {key} = {ev.get(key)!r} but the file name says {want!r}")
     for key in ("val_top1_err", "val_top5_err"):
         _fraction(path, key, ev.get(key))
     return ev
@@ -69,9 +83,9 @@ def read_metrics(path: Path) -> list[dict]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: line {i}: not valid JSON ({e})") from None
+            raise DlwtError(f"{path}: line {i}: not valid JSON ({e})") from None
         if not isinstance(row.get("epoch"), int):
-            raise ValueError(f"{path}: line {i}: missing integer 'epoch'")
+            raise DlwtError(f"{path}: line {i}: missing integer 'epoch'")
         if "val_top1_err" in row:
             _fraction(path, f"line {i}: val_top1_err", row["val_top1_err"])
         rows.append(row)
@@ -79,7 +93,8 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 def _is_num(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
+    """A finite number: NaN/inf (an undefined angle, a diverged loss) is left out, so it shows as missing."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def load(exp_dir: Path, params: dict) -> dict:
@@ -105,13 +120,17 @@ def tidy(runs: dict) -> pd.DataFrame:
     for (a, r, s), log in runs["metrics"].items():
         for row in log:
             ep = row["epoch"]
-            rows += [(a, r, s, ep, k, float(v)) for k, v in row.items() if k != "epoch" and _is_num(v)]
+            rows += [(a, r, s, ep, k, float(v)) for k, v in row.items()
+                     if k not in ("epoch", *TIMING) and _is_num(v)]
             for layer, al in (row.get("alignment") or {}).items():
                 rows += [(a, r, s, ep, f"{k}/{layer}", float(v)) for k, v in al.items() if _is_num(v)]
+            # per-epoch angle(rule update, backprop gradient) on one fixed train batch, where train logs it
+            rows += [(a, r, s, ep, f"grad_angle_deg/{layer}", float(v))
+                     for layer, v in (row.get("grad_alignment") or {}).items() if _is_num(v)]
     for (a, r, s), ev in runs["evals"].items():
         ep = ev.get("epoch")
         rows += [(a, r, s, ep, f"final_{k}", float(v)) for k, v in ev.items()
-                 if k not in ("seed", "epoch") and _is_num(v)]
+                 if k not in ("seed", "epoch", *TIMING) and _is_num(v)]
         for layer, al in (ev.get("alignment") or {}).items():
             rows += [(a, r, s, ep, f"final_{k}/{layer}", float(v)) for k, v in al.items() if _is_num(v)]
         for layer, v in (ev.get("gradient_alignment") or {}).items():
@@ -120,170 +139,126 @@ def tidy(runs: dict) -> pd.DataFrame:
     return df.astype({"epoch": "Int64"})  # nullable: an eval file may lack 'epoch'
 
 
-def curves(df: pd.DataFrame) -> pd.DataFrame:
-    """Per-epoch curves, one column per metric and a `run` column: the file `dvc plots` draws."""
-    keep = ["train_loss", "val_loss", "val_top1_err", "val_top5_err"]
-    per_epoch = df[df["metric"].isin(keep)]
-    if per_epoch.empty:
-        return pd.DataFrame(columns=["run", "arch", "rule", "seed", "epoch", *keep])
-    wide = per_epoch.pivot_table(index=["arch", "rule", "seed", "epoch"], columns="metric", values="value")
-    wide = wide.reset_index()
-    wide.insert(0, "run", [run_name(a, r, s) for a, r, s in zip(wide["arch"], wide["rule"], wide["seed"])])
-    return wide
+def curves(df: pd.DataFrame, params: dict) -> pd.DataFrame:
+    """The DVC plots file: epoch, then one column '<arch>-<rule>' per run group holding the top-1 test error
+    (%) averaged over seeds, so `dvc plots show` draws one line per rule and arch."""
+    cols = [f"{a}-{r}" for a in params["model"]["archs"] for r in params["model"]["rules"]]
+    d = df[df["metric"] == "val_top1_err"]
+    if d.empty:
+        return pd.DataFrame(columns=["epoch", *cols])
+    d = d.assign(series=d["arch"] + "-" + d["rule"], value=100 * d["value"])
+    wide = d.pivot_table(index="epoch", columns="series", values="value", aggfunc="mean")
+    return wide.reindex(columns=cols).reset_index().astype({"epoch": int})
 
 
-def summarise(runs: dict, params: dict) -> dict:
-    """{arch: {rule: {top1_err, top1_err_std, top5_err, top5_err_std, n_seeds, n_expected}}}, errors in %.
-    Means and stds are absent when no seed (std: fewer than two) finished, so DVC only ever sees numbers."""
+def _mean_angle(alignment: dict | None) -> float | None:
+    vals = [al["angle_deg"] for al in (alignment or {}).values() if _is_num(al.get("angle_deg"))]
+    return statistics.fmean(vals) if vals else None
+
+
+STATS = ("top1", "top5", "angle", "grad_angle", "angle_change")
+
+
+def per_seed(runs: dict) -> dict:
+    """{arch: {stat: {rule: {seed: value}}}} for stat in STATS: the per-seed numbers the summary and the claims
+    use. top1/top5: final test error (%); angle / grad_angle: final angle(B, W) / angle(rule update, backprop
+    gradient), mean over layers (deg); angle_change: mean angle(B, W) after the last epoch minus after the first."""
+    out: dict = {}
+
+    def put(a, stat, r, s, v):
+        if v is not None:
+            out.setdefault(a, {k: {} for k in STATS})[stat].setdefault(r, {})[s] = v
+
+    for (a, r, s), ev in runs["evals"].items():
+        put(a, "top1", r, s, 100 * ev["val_top1_err"])
+        put(a, "top5", r, s, 100 * ev["val_top5_err"])
+        put(a, "angle", r, s, _mean_angle(ev.get("alignment")))
+        grads = [v for v in (ev.get("gradient_alignment") or {}).values() if _is_num(v)]
+        put(a, "grad_angle", r, s, statistics.fmean(grads) if grads else None)
+    for (a, r, s), log in runs["metrics"].items():
+        if len(log) > 1:
+            first, last = _mean_angle(log[0].get("alignment")), _mean_angle(log[-1].get("alignment"))
+            put(a, "angle_change", r, s, None if first is None or last is None else last - first)
+    return out
+
+
+def n_classes(params: dict) -> int | None:
+    """Classes of the experiment's data: known per source, else the extracted tree's classes.json."""
+    d = params.get("data") or {}
+    if d.get("source") in SOURCE_CLASSES:
+        return SOURCE_CLASSES[d["source"]]
+    if d.get("source") == "synthetic":
+        return (d.get("synthetic") or {}).get("classes")
+    p = Path(d.get("root", "data")) / str(d.get("dataset", "")) / "images" / "classes.json"
+    return len(json.loads(p.read_text())) if p.is_file() else None
+
+
+def run_flags(log: list[dict], classes: int | None) -> list[str]:
+    """Why a run's recipe looks broken: a first epoch worse than guessing, a train loss that rises."""
+    losses = [(row["epoch"], row.get("train_loss")) for row in log]
+    flags = [f"train loss not finite at epoch {e}" for e, x in losses if not _is_num(x)]
+    losses = [(e, x) for e, x in losses if _is_num(x)]
+    if losses and classes and losses[0][1] > math.log(classes):
+        flags.append(f"first-epoch train loss {losses[0][1]:.2f} > ln({classes}) = {math.log(classes):.2f}")
+    rises = [e for (_, prev), (e, x) in zip(losses, losses[1:]) if x > prev]
+    if rises:
+        flags.append("train loss rose at epoch " + ", ".join(str(e) for e in rises))
+    return flags
+
+
+def flags(runs: dict, params: dict) -> dict:
+    """{(arch, rule, seed): [reason, ...]} for the runs whose recipe misbehaved."""
+    classes = n_classes(params)
+    return {k: f for k, log in runs["metrics"].items() if (f := run_flags(log, classes))}
+
+
+def _mean_std(cell: dict, key: str, vals: list[float], digits: int = 4) -> None:
+    if vals:
+        cell[key] = round(statistics.fmean(vals), digits)
+    if len(vals) > 1:
+        cell[f"{key}_std"] = round(statistics.stdev(vals), digits)
+
+
+def summarise(runs: dict, params: dict, flagged: dict | None = None) -> dict:
+    """{arch: {rule: {top1_err, top5_err, angle_deg, grad_angle_deg (each with _std), angle_deg_per_layer,
+    n_seeds, n_expected, n_flagged}}}: errors in %, angles in degrees (mean over layers, then mean and sample
+    std over seeds; per layer: the final angle, mean over seeds). Keys without data are absent, so DVC only
+    ever sees numbers."""
     n_exp = len(params["model"]["seeds"])
+    stats, flagged = per_seed(runs), flagged or {}
     out = {}
     for a in params["model"]["archs"]:
         for r in params["model"]["rules"]:
-            evs = [ev for (ea, er, _), ev in runs["evals"].items() if (ea, er) == (a, r)]
-            cell = {"n_seeds": len(evs), "n_expected": n_exp}
-            for k in ("top1_err", "top5_err"):
-                vals = [100 * ev[f"val_{k}"] for ev in evs]
-                if vals:
-                    cell[k] = round(statistics.fmean(vals), 4)
-                if len(vals) > 1:
-                    cell[f"{k}_std"] = round(statistics.stdev(vals), 4)
+            st = stats.get(a, {})
+            cell = {"n_seeds": len(st.get("top1", {}).get(r, {})), "n_expected": n_exp}
+            for key, name in (("top1", "top1_err"), ("top5", "top5_err"), ("angle", "angle_deg"),
+                              ("grad_angle", "grad_angle_deg")):
+                _mean_std(cell, name, list(st.get(key, {}).get(r, {}).values()))
+            layers: dict = {}
+            for (ea, er, _), ev in runs["evals"].items():
+                if (ea, er) == (a, r):
+                    for ly, al in (ev.get("alignment") or {}).items():
+                        if _is_num(al.get("angle_deg")):
+                            layers.setdefault(ly, []).append(al["angle_deg"])
+            if layers:
+                cell["angle_deg_per_layer"] = {ly: round(statistics.fmean(v), 3) for ly, v in layers.items()}
+            cell["n_flagged"] = sum(1 for (fa, fr, _) in flagged if (fa, fr) == (a, r))
             out.setdefault(a, {})[r] = cell
     return out
 
 
-def load_published(path: Path | None) -> dict:
-    """{'dataset', 'sources': [(key, citation, url)], 'refs': {(arch, rule, metric): [(value, source key)]}}.
-    Every number must name a source that has a citation and a URL."""
-    if path is None:
-        return {"dataset": None, "sources": [], "refs": {}}
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: published reference file not found (params report.published)")
-    doc = yaml.safe_load(path.read_text()) or {}
-    srcs = doc.get("sources") or {}
-    for key, s in srcs.items():
-        if not (isinstance(s, dict) and s.get("citation") and s.get("url")):
-            raise ValueError(f"{path}: source {key!r} needs both 'citation' and 'url'")
-    refs = {}
-    for i, e in enumerate(doc.get("results") or []):
-        if e.get("source") not in srcs:
-            raise ValueError(f"{path}: results[{i}] source {e.get('source')!r} is not one of {list(srcs)}")
-        if not (e.get("arch") and e.get("rule") and e.get("metric") in ("top1_err", "top5_err")
-                and _is_num(e.get("value"))):
-            raise ValueError(f"{path}: results[{i}] needs arch, rule, metric top1_err|top5_err and a "
-                             "numeric value (%)")
-        refs.setdefault((e["arch"], e["rule"], e["metric"]), []).append((float(e["value"]), e["source"]))
-    return {"dataset": doc.get("dataset"), "sources": [(k, s["citation"], s["url"]) for k, s in srcs.items()],
-            "refs": refs}
-
-
-def best_no_wt(summary: dict, arch: str, metric: str) -> set[str]:
-    """The rule(s) without weight transport with the lowest mean error (ties all bold)."""
-    means = {r: c[metric] for r, c in summary.get(arch, {}).items() if r in NO_WT and metric in c}
-    return {r for r, v in means.items() if v == min(means.values())} if means else set()
-
-
-def _verdict_arch(summary: dict, arch: str, claim: str) -> tuple[str, str]:
-    need = ("wm", "kp", "fa", "ss") if claim == "beat" else ("wm", "kp", "bp")
-    cells = summary.get(arch, {})
-    absent = [r for r in need if r not in cells]
-    short = [r for r in need if r in cells and cells[r]["n_seeds"] < cells[r]["n_expected"]]
-    got = {r: cells[r]["top1_err"] for r in need if "top1_err" in cells.get(r, {})}
-    nums = ", ".join(f"{RULE_LABELS[r]} {v:.2f}" for r, v in got.items())
-    if absent or short:
-        why = (f"not in params: {', '.join(absent)}; " if absent else "") + \
-              (f"runs missing for: {', '.join(RULE_LABELS[r] for r in short)}" if short else "")
-        return "UNDETERMINED", f"{why.rstrip('; ')}" + (f" (have top-1 err %: {nums})" if nums else "")
-    if claim == "beat":
-        worst, best = max(got["wm"], got["kp"]), min(got["fa"], got["ss"])
-        ok = worst < best
-        return ("SUPPORTED" if ok else "NOT SUPPORTED"), \
-            f"top-1 err %: {nums}; worst of WM/KP {worst:.2f} {'<' if ok else '>='} best of FA/SS {best:.2f}"
-    gaps = {r: got[r] - got["bp"] for r in ("wm", "kp")}
-    ok = all(g <= WITHIN_POINTS for g in gaps.values())
-    return ("SUPPORTED" if ok else "NOT SUPPORTED"), f"top-1 err %: {nums}; gap to BP: " + ", ".join(
-        f"{RULE_LABELS[r]} {g:+.2f}" for r, g in gaps.items()) + f" (limit +{WITHIN_POINTS:g} points)"
-
-
-CLAIMS = {"beat": "WM and KP beat FA and SS (top-1 error of both WM and KP below both FA and SS)",
-          "near_bp": f"WM and KP are within {WITHIN_POINTS:g} points of BP's top-1 error"}
-
-
-def verdicts(summary: dict, params: dict) -> list[dict]:
-    """Per claim: a verdict per arch and an overall one (NOT SUPPORTED if any arch refutes it, UNDETERMINED
-    if any arch lacks runs, else SUPPORTED)."""
-    out = []
-    for key, text in CLAIMS.items():
-        per = {a: _verdict_arch(summary, a, key) for a in params["model"]["archs"]}
-        vs = [v for v, _ in per.values()]
-        overall = "NOT SUPPORTED" if "NOT SUPPORTED" in vs else "UNDETERMINED" if "UNDETERMINED" in vs \
-            else "SUPPORTED"
-        out.append({"claim": key, "text": text, "verdict": overall,
-                    "per_arch": {a: {"verdict": v, "detail": d} for a, (v, d) in per.items()}})
+def verdicts(runs: dict, params: dict, flagged: dict | None = None) -> list[dict]:
+    """The paper's claims checked on every seed (see dlwt.claims); each arch's verdict names the flagged
+    runs it rests on."""
+    stats = per_seed(runs)
+    stats = {a: stats.get(a, {}) for a in params["model"]["archs"]}
+    out = claims.check(stats, params["model"]["rules"])
+    for v in out:
+        for a, p in v["per_arch"].items():
+            rules = claims.needed(v["claim"])
+            p["flagged"] = [run_name(fa, fr, fs) for (fa, fr, fs) in sorted(flagged or {})
+                            if fa == a and fr in rules]
     return out
-
-
-def _cell(c: dict, metric: str, bold: bool, refs: list, src_no: dict, tex: bool) -> str:
-    pm, dash = (r" $\pm$ ", "---") if tex else (" ± ", "—")
-    if metric not in c:
-        txt = dash
-    else:
-        txt = f"{c[metric]:.2f}" + (f"{pm}{c[metric + '_std']:.2f}" if f"{metric}_std" in c else "")
-        if c["n_seeds"] < c["n_expected"]:
-            txt += f" ({c['n_seeds']}/{c['n_expected']} seeds)"
-        if bold:
-            txt = rf"\textbf{{{txt}}}" if tex else f"**{txt}**"
-    if refs:
-        r = ", ".join(f"{v:.2f}" + (rf"\textsuperscript{{{src_no[s]}}}" if tex else f" [{src_no[s]}]")
-                      for v, s in refs)
-    else:
-        r = "no source"
-    return txt + (rf" {{\footnotesize ({r})}}" if tex else f" (ref. {r})")
-
-
-def _tex_escape(s: str) -> str:
-    return "".join("\\" + ch if ch in "&%$#_{}" else ch for ch in s)
-
-
-def tables(summary: dict, published: dict, params: dict) -> tuple[str, str]:
-    """(markdown, latex) Table 1: rules as rows, arch x (top-1, top-5) as columns, errors in %."""
-    archs, rules = params["model"]["archs"], params["model"]["rules"]
-    src_no = {k: i for i, (k, _, _) in enumerate(published["sources"], 1)}
-    metrics = (("top1_err", "top-1"), ("top5_err", "top-5"))
-    bold = {(a, m): best_no_wt(summary, a, m) for a in archs for m, _ in metrics}
-    n_seeds = len(params["model"]["seeds"])
-    dataset = (params.get("data") or {}).get("dataset")
-    cap = (f"Test error (%) of experiment `{params['exp']}`" + (f" ({dataset})" if dataset else "") + ", "
-           f"{'mean ± sample std over ' + str(n_seeds) + ' seeds' if n_seeds > 1 else 'one seed'}. "
-           "Bold: best rule without weight transport (FA, SS, WM, KP) per column. In brackets: published "
-           "reference numbers with their source; — = run missing.")
-    head = " | ".join(f"{arch_label(a)} {lbl}" for a in archs for _, lbl in metrics)
-    md = [cap, "", f"| Rule | {head} |", "|---|" + "---|" * (2 * len(archs))]
-    cap_tex = _tex_escape(cap.replace("`", "")).replace("±", r"$\pm$").replace("—", "---")
-    tex = ["% Generated by `dlwt report`; needs \\usepackage{booktabs}.", r"\begin{table}[t]", r"\centering",
-           rf"\caption{{{cap_tex}}}",
-           rf"\label{{tab:{_tex_escape(params['exp'])}}}",
-           r"\begin{tabular}{l" + "cc" * len(archs) + "}", r"\toprule",
-           " & " + " & ".join(rf"\multicolumn{{2}}{{c}}{{{arch_label(a)}}}" for a in archs) + r" \\",
-           "".join(rf"\cmidrule(lr){{{2 + 2 * i}-{3 + 2 * i}}}" for i in range(len(archs))),
-           "Rule & " + " & ".join(lbl for _ in archs for _, lbl in metrics) + r" \\", r"\midrule"]
-    for r in rules:
-        cells = {fmt: [_cell(summary[a][r], m, r in bold[a, m], published["refs"].get((a, r, m), []), src_no,
-                             fmt == "tex") for a in archs for m, _ in metrics] for fmt in ("md", "tex")}
-        name = RULE_LABELS.get(r, r.upper())
-        md.append(f"| {name} | " + " | ".join(cells["md"]) + " |")
-        tex.append(f"{name} & " + " & ".join(cells["tex"]) + r" \\")
-    tex += [r"\bottomrule", r"\end{tabular}"]
-    if published.get("note"):
-        md += ["", published["note"]]
-        tex += [r"\par\footnotesize " + _tex_escape(published["note"])]
-    if published["sources"]:
-        md += ["", "Sources: " + "; ".join(f"[{i}] {c}, <{u}>" for i, (_, c, u) in
-                                            enumerate(published["sources"], 1))]
-        tex += [r"\par\footnotesize " + "; ".join(
-            rf"\textsuperscript{{{i}}}{_tex_escape(c)}, \texttt{{{_tex_escape(u)}}}"
-            for i, (_, c, u) in enumerate(published["sources"], 1))]
-    tex.append(r"\end{table}")
-    return "\n".join(md) + "\n", "\n".join(tex) + "\n"
 
 
 def _settings(params: dict) -> list[str]:
@@ -296,21 +271,60 @@ def _settings(params: dict) -> list[str]:
     return lines
 
 
-def readme(params: dict, table_md: str, runs: dict, vs: list[dict], figs: list[str]) -> str:
-    exp = params["exp"]
+def _fmt(x, spec=".2f") -> str:
+    return "—" if x is None else format(x, spec)
+
+
+def seed_table(runs: dict, params: dict, flagged: dict) -> list[str]:
+    """Per arch, one row per rule and seed: the numbers every verdict is computed from, flags beside them."""
+    stats, out = per_seed(runs), []
+    for a in params["model"]["archs"]:
+        st = stats.get(a, {})
+        out += [f"**{arch_label(a)}**", "", "| Rule | seed | top-1 err (%) | top-5 err (%) | angle(B, W) (deg) | "
+                "angle(update, BP grad) (deg) | recipe check |", "|---|---|---|---|---|---|---|"]
+        for r in params["model"]["rules"]:
+            for s in params["model"]["seeds"]:
+                vals = [st.get(k, {}).get(r, {}).get(int(s)) for k in ("top1", "top5", "angle", "grad_angle")]
+                why = flagged.get((a, r, int(s)))
+                check = "† " + "; ".join(why) if why else "ok" if (a, r, int(s)) in runs["metrics"] else "—"
+                out.append(f"| {RULE_LABELS.get(r, r)} | {s} | " + " | ".join(_fmt(v) for v in vals) +
+                           f" | {check} |")
+        out.append("")
+    return out
+
+
+def claims_md(vs: list[dict]) -> list[str]:
+    out = [f"Each claim is checked on every seed: differences are paired by seed (same initial W and data "
+           f"order), and a verdict is SUPPORTED or CONTRADICTED only when the {claims.CONFIDENCE:.0%} "
+           "t-interval of the mean lies on one side of the claim's threshold; otherwise, and always with one "
+           "seed, INCONCLUSIVE. A claim made of several comparisons needs all of them.", ""]
+    for v in vs:
+        out.append(f"- **{v['text']}**: **{v['verdict']}**")
+        for a, p in v["per_arch"].items():
+            out.append(f"  - {arch_label(a)}: {p['verdict']}" + (f" ({p['why']})" if p.get("why") else ""))
+            for c in p["comparisons"]:
+                per = c.get("diffs", c.get("values", {}))
+                seeds = ", ".join(f"s{s} {x:+.2f}" for s, x in per.items())
+                out.append(f"    - {c['verdict']}: {c['text']}" + (f"; per seed: {seeds}" if seeds else ""))
+            if p.get("flagged"):
+                out.append(f"    - † rests on flagged runs: {', '.join(p['flagged'])}")
+    return out
+
+
+def readme(params: dict, table_md: str, runs: dict, vs: list[dict], figs: list[str],
+           flagged: dict | None = None) -> str:
+    exp, flagged = params["exp"], flagged or {}
     out = [f"# Results of experiment `{exp}`", "",
            f"Generated by `dlwt report` from `results/{exp}/`: edit params and rerun the pipeline; "
-           "do not edit this file by hand.", "", "## Table 1", "", table_md, "## Missing runs", ""]
+           "do not edit this file by hand.", "", "## The paper's claims, checked against these numbers", "",
+           *claims_md(vs), "", "## Table 1", "", table_md, "## Every run", "", *seed_table(runs, params, flagged),
+           "## Missing runs", ""]
     miss_ev, miss_mt = runs["missing_eval"], runs["missing_metrics"]
     if not (miss_ev or miss_mt):
         n = len(expected_runs(params))
         out.append(f"None: all {n} expected runs have an evaluation and a metrics.jsonl.")
     out += [f"- MISSING evaluation: `{n}` (no eval/{n}.json)" for n in miss_ev]
     out += [f"- MISSING training log: `{n}` (no runs/{n}/metrics.jsonl)" for n in miss_mt]
-    out += ["", "## The paper's claims, checked against these numbers", ""]
-    for v in vs:
-        out.append(f"- **{v['text']}**: **{v['verdict']}**")
-        out += [f"  - {arch_label(a)}: {d['verdict']}. {d['detail']}" for a, d in v["per_arch"].items()]
     out += ["", "## Figures", ""]
     for stem in figs:
         out += [f"![{stem}](figures/{stem}.png)", f"([PDF](figures/{stem}.pdf))", ""]
@@ -323,10 +337,10 @@ def readme(params: dict, table_md: str, runs: dict, vs: list[dict], figs: list[s
 def check_params(params: dict) -> None:
     """The few keys this stage needs (the full schema is checked upstream): a clear error, not a KeyError."""
     if not isinstance(params.get("exp"), str):
-        raise ValueError("params: 'exp' must be a string naming the experiment")
+        raise DlwtError("params: 'exp' must be a string naming the experiment")
     for key in ("archs", "rules", "seeds"):
         if not isinstance((params.get("model") or {}).get(key), list):
-            raise ValueError(f"params: model.{key} must be a list")
+            raise DlwtError(f"params: model.{key} must be a list")
 
 
 def report(results_dir: Path, paper_dir: Path, params: dict) -> dict:
@@ -344,21 +358,22 @@ def report(results_dir: Path, paper_dir: Path, params: dict) -> dict:
                              f"{dataset}, so none are shown."}
     runs = load(res, params)
     df = tidy(runs)
-    summary = summarise(runs, params)
-    vs = verdicts(summary, params)
+    flagged = flags(runs, params)
+    summary = summarise(runs, params, flagged)
+    vs = verdicts(runs, params, flagged)
     table_md, table_tex = tables(summary, published, params)
     files = {res / "summary.csv": df.to_csv(index=False, float_format="%.7g"),  # 7 digits: float32 precision
              res / "summary.json": json.dumps(summary, indent=2) + "\n",
-             res / "curves.csv": curves(df).to_csv(index=False, float_format="%.7g"),
+             res / "curves.csv": curves(df, params).to_csv(index=False, float_format="%.7g"),
              pap / "table1.md": table_md, pap / "table1.tex": table_tex}
     figs = figures.draw_all(df, params)
     for stem, fig in figs.items():
         for fmt, data in figures.render(fig, dpi=(params.get("report") or {}).get("dpi", 150)).items():
             files[pap / "figures" / f"{stem}.{fmt}"] = data
-    files[pap / "README.md"] = readme(params, table_md, runs, vs, list(figs))
+    files[pap / "README.md"] = readme(params, table_md, runs, vs, list(figs), flagged)
     for path, data in files.items():
         atomic_write(path, data)
-    return {"exp": exp, "summary": summary, "verdicts": vs, "missing_eval": runs["missing_eval"],
+    return {"exp": exp, "summary": summary, "verdicts": vs, "flagged": flagged, "missing_eval": runs["missing_eval"],
             "missing_metrics": runs["missing_metrics"], "written": [str(p) for p in files]}
 
 
@@ -369,7 +384,9 @@ def main(args) -> int:
     print(f"report: wrote {len(out['written'])} files for {out['exp']}; "
           f"{len(out['missing_eval'])} evaluations and {len(out['missing_metrics'])} training logs missing")
     for v in out["verdicts"]:
-        print(f"  {v['verdict']:>13}: {v['text']}")
+        print(f"  {v['verdict']:>12}: {v['text']}")
+    for (a, r, s), why in out["flagged"].items():
+        print(f"  flagged {run_name(a, r, s)}: {'; '.join(why)}")
     return 0
 
 

@@ -320,12 +320,27 @@ def gradient_alignment(model: nn.Module, inputs, targets, loss_fn=F.cross_entrop
 # ---------------------------------------------------------------------------------------------------
 
 # lr == weight_decay and noise_std 1 make B converge to W itself. The estimate's noise is W (S - I), S the
-# noise's sample covariance, so the angle left is about atan(sqrt(fan_in * weight_decay / (2 * samples)))
-# with samples = batch_size * output positions per step: ~12 degrees for a 512-channel 3x3 conv with these
-# defaults. Halving weight_decay (and lr) or doubling batch_size shrinks it by sqrt(2); the first makes B
-# track W more slowly (over ~1/weight_decay steps: a warm-up of ~1000 steps from random B), the second costs
-# more per step (bench/rules.py: batch 8 cost 1.23x bp's step on CPU at 32 px, batch 4 keeps it lower).
+# noise's sample covariance, so the angle left is about atan(sqrt(fan_in * weight_decay / (2 * samples))),
+# samples per step = batch_size * size^2 for EVERY layer: each conv's noise map is sized so that its output
+# has size x size positions whatever its stride, and a Linear draws batch_size * size^2 vectors (as many
+# samples as a conv gets; with only batch_size of them ResNet-18's fc stayed ~50 degrees from W). With these
+# defaults (256 samples): ~12 degrees for a 512-channel 3x3 conv (fan_in 4608), ~6 for a 512-input fc.
+# Halving weight_decay (and lr) or doubling batch_size shrinks the angle by sqrt(2); the first makes B track
+# W more slowly (over ~1/weight_decay steps: a warm-up of ~1000 steps from random B), the second costs more
+# per step (bench/rules.py: batch 8 cost 1.23x bp's step on CPU at 32 px, batch 4 keeps it lower).
 MIRROR_DEFAULTS = {"noise_std": 1.0, "lr": 0.005, "weight_decay": 0.005, "batch_size": 4, "size": 8}
+
+
+def mirror_samples(m: nn.Module, batch_size: int, size: int) -> int:
+    """Noise samples one mirror step gives layer m: batch_size x its size x size output positions (a Linear
+    draws that many vectors). The noise angle is about atan(sqrt(fan_in * weight_decay / (2 * samples)))."""
+    return batch_size * size * size
+
+
+def noise_angle_deg(m: nn.Module, weight_decay: float, batch_size: int, size: int) -> float:
+    """The angle(B, W) the mirror's noise leaves in layer m at equilibrium (W fixed): the prediction above."""
+    fan_in = m.weight[0].numel()
+    return math.degrees(math.atan(math.sqrt(fan_in * weight_decay / (2 * mirror_samples(m, batch_size, size)))))
 
 
 @functools.lru_cache(maxsize=256)
@@ -348,13 +363,16 @@ def _mirror_layer(m, noise_std, lr, weight_decay, batch_size, size, generator):
     w, fb = m.weight, m.feedback
     opts = {"device": w.device, "dtype": w.dtype, "generator": generator}
     if isinstance(m, nn.Linear):
-        x = torch.randn(batch_size, m.in_features, **opts).mul_(noise_std)
-        corr = (x @ w.t()).t() @ x  # sum over the batch of y x^T, shape of W
-        fb.mul_(1 - weight_decay).add_(corr, alpha=lr / batch_size)
+        n = mirror_samples(m, batch_size, size)
+        x = torch.randn(n, m.in_features, **opts).mul_(noise_std)
+        corr = (x @ w.t()).t() @ x  # sum over the samples of y x^T, shape of W
+        fb.mul_(1 - weight_decay).add_(corr, alpha=lr / n)
         return
     if isinstance(m.padding, str) or m.padding_mode != "zeros":
         raise ValueError(f"mirror_step supports integer zero padding only, not {m.padding!r}/{m.padding_mode}")
-    hw = tuple(max(size, d * (k - 1) + 1) for k, d in zip(m.kernel_size, m.dilation))
+    # an input of size * stride px gives size x size output positions for ResNets' strided convs (3x3/p1,
+    # 1x1/p0, 7x7/p3), so a stride-2 layer gets as many samples as a stride-1 one
+    hw = tuple(max(size * s, d * (k - 1) + 1) for k, d, s in zip(m.kernel_size, m.dilation, m.stride))
     x = torch.randn(batch_size, m.in_channels, *hw, **opts).mul_(noise_std)
     if w.is_contiguous(memory_format=torch.channels_last):
         x = x.contiguous(memory_format=torch.channels_last)
@@ -373,9 +391,11 @@ def mirror_step(model: nn.Module, steps: int = 1, *, noise_std: float = MIRROR_D
                 generator: torch.Generator | None = None) -> int:
     """Weight mirror (wm): `steps` updates of every wm layer's B from noise alone; returns layers updated.
 
-    Each layer gets its own noise x ~ N(0, noise_std^2) (batch_size samples; size x size maps for convs),
-    y = W x without bias, and B <- (1 - weight_decay) B + lr * mean(y x^T). Since E[y x^T] = noise_std^2 W,
-    B converges to (lr * noise_std^2 / weight_decay) W: the defaults make that factor 1.
+    Each layer gets its own noise x ~ N(0, noise_std^2): batch_size maps giving size x size output positions
+    for a conv, batch_size * size^2 vectors for a Linear (every layer the same number of samples, see
+    mirror_samples), y = W x without bias, and B <- (1 - weight_decay) B + lr * mean(y x^T). Since
+    E[y x^T] = noise_std^2 W, B converges to (lr * noise_std^2 / weight_decay) W: the defaults make that
+    factor 1, and the angle left is noise_angle_deg(layer, ...).
     """
     layers = [m for m in model.modules() if isinstance(m, FEEDBACK_TYPES) and m.rule == "wm"]
     with torch.autocast(layers[0].weight.device.type if layers else "cpu", enabled=False):

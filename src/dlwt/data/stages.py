@@ -56,6 +56,14 @@ def _acquire(c):
         import sklearn.datasets  # noqa: F401  (bundled with scikit-learn: nothing to fetch)
 
         return {}
+    if c["source"] == "fashion-mnist":
+        from dlwt.data.fashion_mnist import find
+
+        return find(c["fashion_mnist"]["dir"])
+    if c["source"] in ("cifar10", "cifar100"):
+        from dlwt.data.cifar import acquire
+
+        return acquire(c["source"], c["cifar"]["dir"] or c["raw_dir"], c["cifar"]["download"])
     if not c["imagefolder"] or not os.path.isdir(c["imagefolder"]):
         raise DataError(
             f"data.imagefolder={c['imagefolder']!r} is not a folder: give a tree with train/ and val/"
@@ -75,6 +83,14 @@ def extract_stage(cfg):
         from dlwt.data.digits import write_digits
 
         return write_digits(c["root"], c["dataset"], **c["digits"])
+    if c["source"] == "fashion-mnist":
+        from dlwt.data.fashion_mnist import write_fashion_mnist
+
+        return write_fashion_mnist(c["root"], c["dataset"], **c["fashion_mnist"])
+    if c["source"] in ("cifar10", "cifar100"):
+        from dlwt.data.cifar import write_cifar
+
+        return write_cifar(c["source"], c["cifar"]["dir"] or c["raw_dir"], c["root"], c["dataset"])
     from dlwt.data.imagefolder import link_tree
 
     return link_tree(c["imagefolder"], c["root"], c["dataset"])
