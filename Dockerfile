@@ -57,7 +57,7 @@ ENV VIRTUAL_ENV=/opt/venv \
 
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends libturbojpeg0 libopencv-core406 libopencv-imgproc406 git \
+    && apt-get install -y --no-install-recommends libturbojpeg0 libopencv-core406 libopencv-imgproc406 git dataset-fashion-mnist \
     && rm -rf /var/lib/apt/lists/*
 
 # A non-root user owns the work tree; the venv stays root-owned (read-only for runs, like the image under Apptainer).

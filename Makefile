@@ -8,7 +8,7 @@ export DVC_NO_ANALYTICS := 1
 install:
 	bash scripts/install.sh
 
-# the whole pipeline on scikit-learn's digits: results/demo/ and paper/demo/
+# the whole pipeline on Fashion-MNIST (5 rules x 3 seeds, CPU, ~15 min): results/demo/ and paper/demo/
 demo: install
 	snakemake --cores all --configfile config/demo.yaml
 	dlwt check-outputs --overlay config/demo.yaml

@@ -1,7 +1,6 @@
 """`dlwt <stage> ...`: one subcommand per pipeline stage (also `python -m dlwt`).
 
     dlwt doctor --params params.yaml            # run first on a GPU node: checks, step times, GPU-hours
-    dlwt demo                                   # every rule on scikit-learn's digits (CPU, minutes)
     dlwt acquire | extract | convert ...        # data: archives -> ImageFolder -> FFCV
     dlwt train --params params.yaml --arch resnet18 --rule kp --seed 0 --out results/imagenet/runs/resnet18-kp-s0
     dlwt evaluate ... --checkpoint .../final.pt --out results/imagenet/eval/resnet18-kp-s0.json
@@ -18,13 +17,12 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from dlwt import dag, demo, doctor, evaluate, params, train
+    from dlwt import dag, doctor, evaluate, params, train
     from dlwt.data import stages
 
     parser = argparse.ArgumentParser(prog="dlwt", description="Deep Learning without Weight Transport",
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
-    demo.add_subparser(sub)
     stages.add_subparsers(sub)
     train.add_subparser(sub)
     evaluate.add_subparser(sub)

@@ -146,7 +146,9 @@ def data_paths(params: dict) -> dict:
     root, ds = d["root"], layout.safe_name(d["dataset"], "data.dataset")
     ffcv = ffcv_dir(root, ds)
     return {"acquired": acquired_path(root, ds), "images": images_dir(root, ds),
-            "train_beton": f"{ffcv}/train.beton", "val_beton": f"{ffcv}/val.beton"}
+            "train_beton": f"{ffcv}/train.beton", "val_beton": f"{ffcv}/val.beton",
+            # the sidecars are written last: an interrupted convert leaves neither, so both runners rerun it
+            "sidecars": [f"{ffcv}/train.beton.json", f"{ffcv}/val.beton.json"]}
 
 
 def jobs(params: dict) -> list[Job]:
@@ -157,7 +159,7 @@ def jobs(params: dict) -> list[Job]:
            Job("extract", ["dlwt", "extract", "--params", "{params}"], [p["acquired"]], [p["images"]],
                stage_keys(params, "extract")),
            Job("convert", ["dlwt", "convert", "--params", "{params}"], [p["images"]],
-               [p["train_beton"], p["val_beton"]], stage_keys(params, "convert"))]
+               [p["train_beton"], p["val_beton"], *p["sidecars"]], stage_keys(params, "convert"))]
     for run in layout.run_ids(params):
         arch, rule, seed = layout.parse_run_id(run)
         r = layout.Run(layout.run_dir(exp, run))
@@ -281,7 +283,9 @@ def dvc_stages(params: dict, written: dict | None = None) -> dict:
             stage["plots"] = [{j.live["plots"]: {"cache": False, "persist": True, "x": "step"}}]
         if j.stage == "report":
             stage["metrics"] = [{metrics: {"cache": False}}]
-            stage["plots"] = [{plots: {"cache": False, "x": "epoch", "y": "val_top1_err", "template": "linear"}}]
+            # curves.csv: epoch and one column of top-1 error per <arch>-<rule> (mean over seeds): a line each
+            lines = [f"{a}-{r}" for a in params["model"]["archs"] for r in params["model"]["rules"]]
+            stage["plots"] = [{plots: {"cache": False, "x": "epoch", "y": lines, "template": "linear"}}]
         stages[j.name] = stage
     return stages
 

@@ -209,8 +209,8 @@ def print_report(report: dict, out=sys.stdout) -> None:
 
 
 def main(args) -> int:
+    from dlwt.atomic import write_json_atomic
     from dlwt.params import load
-    from dlwt.provenance import write_json_atomic
 
     params = load(args.params, args.overlay)
     if params["train"]["device"] != "cpu":

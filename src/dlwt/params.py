@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -75,10 +76,12 @@ def deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
-def _read(path) -> dict:
+def _read(path, flag="--params") -> dict:
     path = Path(path)
     if not path.is_file():
-        raise ParamsError(f"{path}: no such params file (run from the repository root, or pass --params)")
+        where = "run from the repository root, or pass --params" if flag == "--params" else \
+            "check the --overlay (Snakemake: --configfile) path"
+        raise ParamsError(f"{path}: no such {'params' if flag == '--params' else 'overlay'} file ({where})")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
@@ -99,14 +102,23 @@ def validate(params: dict, source: str = "params") -> dict:
         allowed = ", ".join(sorted(error.schema.get("properties", {})))
         raise ParamsError(f"{source}: unknown key {where + '.' if error.absolute_path else ''}{extra[0]} "
                           f"(allowed here: {allowed})")
-    raise ParamsError(f"{source}: {where}: {error.message}")
+    hint = ""
+    if isinstance(error.instance, str) and re.fullmatch(r"[+-]?\d+(\.\d*)?[eE][+-]?\d+", error.instance):
+        # YAML 1.1 (PyYAML) reads 5e-5 as a string: a float needs a dot in its mantissa
+        hint = f" (YAML reads {error.instance} as text: write it as {_yaml_float(error.instance)})"
+    raise ParamsError(f"{source}: {where}: {error.message}{hint}")
+
+
+def _yaml_float(text: str) -> str:
+    mantissa, exponent = re.split("[eE]", text)
+    return f"{mantissa if '.' in mantissa else mantissa + '.0'}e{exponent}"
 
 
 def read_merged(path="params.yaml", overlays=()) -> dict:
     """params.yaml with each overlay deep-merged over it in order, as written (no defaults, not validated)."""
     params = _read(path)
     for overlay in overlays:
-        params = deep_merge(params, _read(overlay))
+        params = deep_merge(params, _read(overlay, "--overlay"))
     return params
 
 

@@ -31,9 +31,9 @@ import pandas as pd
 import yaml
 
 from dlwt import claims, figures
+from dlwt.atomic import atomic_write
 from dlwt.errors import DlwtError
 from dlwt.figures import RULE_LABELS, arch_label
-from dlwt.provenance import atomic_write
 from dlwt.table1 import load_published, tables  # noqa: F401  (load_published: part of this module's API)
 
 # classes per source, for the first-epoch loss check (imagefolder: read from its classes.json)

@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dlwt.params import defaults as _params_defaults  # noqa: E402  (jsonschema + yaml only: no cycle)
+
 RULES = ("bp", "fa", "ss", "wm", "kp")
 # B of these rules is a tensor of W's shape saved in the state dict as "<layer>.feedback"
 STORED_FEEDBACK = ("fa", "wm", "kp")
@@ -324,11 +326,12 @@ def gradient_alignment(model: nn.Module, inputs, targets, loss_fn=F.cross_entrop
 # samples per step = batch_size * size^2 for EVERY layer: each conv's noise map is sized so that its output
 # has size x size positions whatever its stride, and a Linear draws batch_size * size^2 vectors (as many
 # samples as a conv gets; with only batch_size of them ResNet-18's fc stayed ~50 degrees from W). With these
-# defaults (256 samples): ~12 degrees for a 512-channel 3x3 conv (fan_in 4608), ~6 for a 512-input fc.
+# pipeline's defaults (batch 16 x 8 x 8 = 1024 samples): ~6 degrees for a 512-channel 3x3 conv (fan_in 4608).
 # Halving weight_decay (and lr) or doubling batch_size shrinks the angle by sqrt(2); the first makes B track
 # W more slowly (over ~1/weight_decay steps: a warm-up of ~1000 steps from random B), the second costs more
-# per step (bench/rules.py: batch 8 cost 1.23x bp's step on CPU at 32 px, batch 4 keeps it lower).
-MIRROR_DEFAULTS = {"noise_std": 1.0, "lr": 0.005, "weight_decay": 0.005, "batch_size": 4, "size": 8}
+# per step (BENCHMARKS.md). The library's defaults are the pipeline's: params_schema.yaml declares them once.
+MIRROR_DEFAULTS = {k: v for k, v in _params_defaults("mirror").items()
+                   if k in ("noise_std", "lr", "weight_decay", "batch_size", "size")}
 
 
 def mirror_samples(m: nn.Module, batch_size: int, size: int) -> int:
