@@ -23,7 +23,7 @@ DOCKERFILE = ROOT / "Dockerfile"
 DEF = ROOT / "dlwt.def"
 # the runtime stage's apt packages: what FFCV's compiled extension links (ldd: libturbojpeg.so.0,
 # libopencv_core.so.406, libopencv_imgproc.so.406) and git (provenance records the SHA)
-RUNTIME_APT = {"libturbojpeg0", "libopencv-core406", "libopencv-imgproc406", "git"}
+RUNTIME_APT = {"libturbojpeg0", "libopencv-core406", "libopencv-imgproc406", "git", "dataset-fashion-mnist"}
 # hadolint rules the Dockerfile may silence inline, each with its reason there (DL3008: apt version pins).
 ALLOWED_IGNORES = {"DL3008"}
 

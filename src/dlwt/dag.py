@@ -267,12 +267,12 @@ def dvc_stages(params: dict, written: dict | None = None) -> dict:
     filled in; keys it lacks are left out (DVC stops on a params key missing from params.yaml)."""
     written = params if written is None else written
     exp = params["exp"]
-    metrics, plots = str(layout.exp_dir(exp) / "summary.json"), str(layout.exp_dir(exp) / "curves.csv")
+    metrics = str(layout.exp_dir(exp) / "summary.json")
     stages = {}
     for j in jobs(params):
         outs = []
         for path in j.outs:
-            if path in (metrics, plots):
+            if path == metrics:
                 continue
             cached = j.stage == "train" and path.endswith(".pt")  # checkpoints: `dvc push` backs them up
             outs.append(path if cached else {path: {"cache": False}})
@@ -283,9 +283,7 @@ def dvc_stages(params: dict, written: dict | None = None) -> dict:
             stage["plots"] = [{j.live["plots"]: {"cache": False, "persist": True, "x": "step"}}]
         if j.stage == "report":
             stage["metrics"] = [{metrics: {"cache": False}}]
-            # curves.csv: epoch and one column of top-1 error per <arch>-<rule> (mean over seeds): a line each
-            lines = [f"{a}-{r}" for a in params["model"]["archs"] for r in params["model"]["rules"]]
-            stage["plots"] = [{plots: {"cache": False, "x": "epoch", "y": lines, "template": "linear"}}]
+
         stages[j.name] = stage
     return stages
 
@@ -293,8 +291,13 @@ def dvc_stages(params: dict, written: dict | None = None) -> dict:
 def dvc_yaml(params: dict, written: dict | None = None) -> str:
     import yaml
 
-    return DVC_HEADER + yaml.safe_dump({"stages": dvc_stages(params, written)}, sort_keys=False, width=116,
-                                       default_flow_style=None)
+    # curves.csv (a report output): epoch and one column of top-1 error per <arch>-<rule>, the mean over seeds.
+    # A stage's plot takes one y column, a top-level plot several: one line per arch-rule in `dvc plots show`.
+    curves = str(layout.exp_dir(params["exp"]) / "curves.csv")
+    lines = [f"{a}-{r}" for a in params["model"]["archs"] for r in params["model"]["rules"]]
+    plots = [{curves: {"x": "epoch", "y": lines, "template": "linear", "y_label": "top-1 error (%)"}}]
+    return DVC_HEADER + yaml.safe_dump({"stages": dvc_stages(params, written), "plots": plots}, sort_keys=False,
+                                       width=116, default_flow_style=None)
 
 
 def main(args) -> int:
