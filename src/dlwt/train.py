@@ -99,12 +99,21 @@ class StopSignal:
 
 def train(params: dict, arch: str, rule: str, seed: int, out: Path, *, restart: bool = False) -> dict:
     """Run, resume or finish one training run; returns {"status": "finished"|"stopped", "signal", "metrics"}."""
+    run = layout.Run(out)
+    rank, world, dev = ddp.setup(params["train"])
+    lock = lock_run(run) if rank == 0 else None
+    try:
+        return _train(params, arch, rule, seed, run, rank, world, dev, restart)
+    finally:
+        if lock is not None:
+            os.close(lock)  # the lock goes with the fd (also when the run stops with an error)
+
+
+def _train(params, arch, rule, seed, run, rank, world, dev, restart) -> dict:
     from dlwt.data.loaders import make_loader, res_for_epoch
 
-    run = layout.Run(out)
+    out = run.out
     tcfg, mcfg, dcfg = params["train"], params["mirror"], params["data"]
-    rank, world, dev = ddp.setup(tcfg)
-    lock = lock_run(run) if rank == 0 else None
     if rank == 0:  # temp files of killed writers (a checkpoint is ~0.2-0.5 GB each)
         for folder in (run.out, run.checkpoints):
             remove_stale_temps(folder)
@@ -251,8 +260,6 @@ def train(params: dict, arch: str, rule: str, seed: int, out: Path, *, restart: 
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
-    if lock is not None:
-        os.close(lock)
     return {"status": "stopped" if stopped else "finished", "signal": stopped, "metrics": rows[-1] if rows else {}}
 
 
