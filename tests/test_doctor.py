@@ -21,7 +21,8 @@ def _doctor(tmp_path, *overlays, affinity=None):
 
 @pytest.mark.timeout(600)
 def test_doctor_times_every_rule_and_estimates_the_experiment(tmp_path):
-    proc = _doctor(tmp_path)
+    (tmp_path / "rules.yaml").write_text("model: {rules: [bp, fa, ss, wm, kp], seeds: [0]}\n")
+    proc = _doctor(tmp_path, tmp_path / "rules.yaml")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads((tmp_path / "results" / "ci" / "doctor.json").read_text())
     assert report["device"] == "cpu" and report["data"] == "random"  # no .beton in this folder
@@ -35,7 +36,8 @@ def test_doctor_times_every_rule_and_estimates_the_experiment(tmp_path):
 
 @pytest.mark.timeout(600)
 def test_doctor_estimates_the_imagenet_experiment(tmp_path):
-    (tmp_path / "imagenet.yaml").write_text("data: {source: imagenet}\nmodel: {archs: [resnet18, resnet50]}\n")
+    (tmp_path / "imagenet.yaml").write_text("data: {source: imagenet}\nmodel: {archs: [resnet18, resnet50], "
+                                            "rules: [bp, fa, ss, wm, kp], seeds: [0]}\n")
     proc = _doctor(tmp_path, tmp_path / "imagenet.yaml")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     e = json.loads((tmp_path / "results" / "ci" / "doctor.json").read_text())["estimate"]

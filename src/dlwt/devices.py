@@ -23,10 +23,14 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from dlwt.errors import DlwtError
+
+if TYPE_CHECKING:
+    import torch
+# torch is imported inside the functions that need it: the data stages ask workers() and must not pay
+# torch's import (seconds) for it
 
 DEVICES = ("auto", "cuda", "cpu")
 _HELD = []  # lock files this process holds for its whole life (and across the torchrun exec)
@@ -111,6 +115,8 @@ def claim_gpus(n: int) -> list[int] | None:
 
 def cuda_report() -> str:
     """What torch says about CUDA, for error messages and `dlwt doctor`."""
+    import torch
+
     built = torch.version.cuda or "none (a CPU-only torch build)"
     try:
         avail, count = torch.cuda.is_available(), torch.cuda.device_count()
@@ -134,6 +140,8 @@ class Device:
         return self.torch.type == "cuda"
 
     def autocast(self):
+        import torch
+
         return torch.autocast(self.torch.type, dtype=self.amp_dtype or torch.float32,
                               enabled=self.amp_dtype is not None)
 
@@ -141,6 +149,8 @@ class Device:
     def resolve(want: str = "auto", *, local_rank: int = 0, amp: str = "none",
                 channels_last: bool = False) -> Device:
         """`want`: cuda (stop at once without a usable GPU), cpu, or auto (cuda when usable, else cpu)."""
+        import torch
+
         if want not in DEVICES:
             raise DlwtError(f"train.device={want!r}: expected one of {', '.join(DEVICES)}")
         problem = None if want == "cpu" else _cuda_problem(local_rank)
@@ -158,6 +168,8 @@ def _cuda_problem(local_rank: int) -> str | None:
     """None when CUDA works for this rank's GPU (it becomes the current device), else what is wrong. A tiny
     kernel runs, so an old driver or a GPU arch the wheel lacks fails here, not in the first training step;
     set_device first, so that no rank starts a context on GPU 0."""
+    import torch
+
     try:
         if not torch.cuda.is_available():
             return "torch.cuda.is_available() is False"
