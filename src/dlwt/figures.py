@@ -105,11 +105,16 @@ def error_curves(df: pd.DataFrame, params: dict):
     d = df[df["metric"] == "val_top1_err"]
     if d.empty:
         return placeholder("no metrics.jsonl found: no curves to draw")
-    d = _label_rules(d).assign(value=lambda x: 100 * x["value"], Arch=lambda x: x["arch"].map(arch_label))
+    return _epoch_panels(d.assign(value=lambda x: 100 * x["value"]), params, "top-1 test error (%)")
+
+
+def _epoch_panels(d: pd.DataFrame, params: dict, ylabel: str):
+    """A panel per arch, a line per rule over epochs, mean over seeds +- 1 sd (the error and angle curves)."""
+    d = _label_rules(d).assign(Arch=lambda x: x["arch"].map(arch_label))
     archs = [arch_label(a) for a in params["model"]["archs"]]
     g = sns.relplot(data=d, x="epoch", y="value", col="Arch", col_order=archs, kind="line", errorbar="sd",
                     height=3.2, aspect=1.25, facet_kws=dict(sharey=False), **_style(params))
-    g.set_titles("{col_name}").set_axis_labels("epoch", "top-1 test error (%)")
+    g.set_titles("{col_name}").set_axis_labels("epoch", ylabel)
     _stagger_markers(g, int(d["epoch"].nunique()))
     _finish(g)
     return g.figure
@@ -176,14 +181,7 @@ def grad_alignment_curves(df: pd.DataFrame, params: dict):
     if d.empty:
         return placeholder("no per-epoch gradient alignment in metrics.jsonl")
     d = d.groupby(["arch", "rule", "seed", "epoch"], as_index=False)["value"].mean()
-    d = _label_rules(d).assign(Arch=lambda x: x["arch"].map(arch_label))
-    archs = [arch_label(a) for a in params["model"]["archs"]]
-    g = sns.relplot(data=d, x="epoch", y="value", col="Arch", col_order=archs, kind="line", errorbar="sd",
-                    height=3.2, aspect=1.25, facet_kws=dict(sharey=False), **_style(params))
-    g.set_titles("{col_name}").set_axis_labels("epoch", "angle(rule update, BP gradient) (deg)\nmean over layers")
-    _stagger_markers(g, int(d["epoch"].nunique()))
-    _finish(g)
-    return g.figure
+    return _epoch_panels(d, params, "angle(rule update, BP gradient) (deg)\nmean over layers")
 
 
 def _layer_ticks(ax, layers: list[str]) -> None:
