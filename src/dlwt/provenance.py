@@ -1,8 +1,4 @@
-"""What a result was made with (saved beside it, airbench-style).
-
-atomic_write/write_json_atomic moved to dlwt.atomic (the one writer); re-exported here until every caller
-imports them from there.
-"""
+"""What a result was made with (saved beside it, airbench-style). Writers live in dlwt.atomic."""
 from __future__ import annotations
 
 import platform
@@ -12,8 +8,6 @@ from importlib import metadata
 from pathlib import Path
 
 import torch
-
-from dlwt.atomic import atomic_write, write_json_atomic  # noqa: F401  (re-export, see docstring)
 
 PACKAGES = ("dlwt", "torch", "torchvision", "numpy", "ffcv")
 
