@@ -47,7 +47,7 @@ STORED_FEEDBACK = ("fa", "wm", "kp")
 def _autocast(x, weight, bias):
     """Cast like autocast would cast nn.Conv2d/nn.Linear's inputs (autograd.Function skips it)."""
     device_type = x.device.type
-    if not torch.is_autocast_enabled(device_type):
+    if device_type == "meta" or not torch.is_autocast_enabled(device_type):  # meta has no autocast (FLOP counts)
         return x, weight, bias
     dtype = torch.get_autocast_dtype(device_type)
     return x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)
@@ -401,7 +401,9 @@ def mirror_step(model: nn.Module, steps: int = 1, *, noise_std: float = MIRROR_D
     factor 1, and the angle left is noise_angle_deg(layer, ...).
     """
     layers = [m for m in model.modules() if isinstance(m, FEEDBACK_TYPES) and m.rule == "wm"]
-    with torch.autocast(layers[0].weight.device.type if layers else "cpu", enabled=False):
+    device_type = layers[0].weight.device.type if layers else "cpu"
+    # float32 whatever the caller's autocast; the meta device (FLOP counting) has no autocast to turn off
+    with torch.autocast(device_type, enabled=False) if device_type != "meta" else contextlib.nullcontext():
         for _ in range(steps):
             for m in layers:
                 _mirror_layer(m, noise_std, lr, weight_decay, batch_size, size, generator)
