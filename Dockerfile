@@ -55,9 +55,11 @@ ENV VIRTUAL_ENV=/opt/venv \
     DVC_NO_ANALYTICS=1 \
     SNAKEMAKE_PROFILE=/work/profiles/local
 
+# gcc + libc6-dev (~60 MB): train.compile: true runs Triton, which compiles its CUDA launcher with a C compiler at
+# first use (triton/runtime/build.py: $CC, else gcc, else clang; the Python headers come with python:3.11-slim)
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends libturbojpeg0 libopencv-core406 libopencv-imgproc406 git dataset-fashion-mnist \
+    && apt-get install -y --no-install-recommends libturbojpeg0 libopencv-core406 libopencv-imgproc406 git dataset-fashion-mnist gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/*
 
 # A non-root user owns the work tree; the venv stays root-owned (read-only for runs, like the image under Apptainer).

@@ -1,5 +1,5 @@
 # The README's two commands: `make demo` and `make test` (each installs .venv first if needed).
-.PHONY: install demo test smoke bench lint dag
+.PHONY: install demo test smoke bench lint dag gpu-check gpu-carry
 VENV := $(CURDIR)/.venv/bin
 export PATH := $(VENV):$(PATH)
 export MPLBACKEND := Agg
@@ -36,3 +36,12 @@ bench: install
 	python bench/rules.py
 	python bench/loaders.py
 	python bench/train.py
+
+# the first check on a new GPU node, about 8 minutes on one GPU (no install, no network: python3 with torch and
+# PYTHONPATH=src): results/gpu-check/summary.md. `bash scripts/gpu_check.sh --cpu --out DIR` is its CPU profile
+gpu-check:
+	bash scripts/gpu_check.sh --out results/gpu-check
+
+# what a bare CUDA machine lacks for gpu-check (jsonschema wheels for CPython 3.12, Fashion-MNIST): .gpu-carry/
+gpu-carry: install
+	bash scripts/gpu_carry.sh

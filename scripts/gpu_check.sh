@@ -2,6 +2,7 @@
 # The first check on a new GPU node (`make gpu-check`): every CUDA path of dlwt run for real in about 8 minutes.
 #   bash scripts/gpu_check.sh --out results/gpu-check          # GPU profile (needs CUDA)
 #   bash scripts/gpu_check.sh --cpu --out /tmp/gpu-check       # tiny CPU profile, seconds per part (tests/ run it)
+#   bash scripts/gpu_check.sh --out DIR --only cost,pipeline --limits cost=300   # some parts, other limits
 # Runs from the checkout (PYTHONPATH=src) with the python3 it finds (PYTHON=... to choose), never needs the
 # network: what that Python lacks (jsonschema) is installed with `pip install --no-index` from the wheels that
 # `make gpu-carry` put in .gpu-carry/wheels, into a throwaway folder. Each part runs in its own process under
@@ -12,12 +13,17 @@ cd "$(dirname "$0")/.."
 OUT=results/gpu-check
 PROFILE=gpu
 CARRY=${DLWT_GPU_CARRY:-.gpu-carry}
+ONLY=""
+LIMITS=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --out) OUT=$2; shift 2 ;;
         --cpu) PROFILE=cpu; shift ;;
         --carry) CARRY=$2; shift 2 ;;
-        *) echo "gpu_check.sh: unknown argument $1 (expected --out DIR, --cpu, --carry DIR)" >&2; exit 2 ;;
+        --only) ONLY=$2; shift 2 ;;
+        --limits) LIMITS=$2; shift 2 ;;
+        *) echo "gpu_check.sh: unknown argument $1 (expected --out DIR, --cpu, --carry DIR, --only A,B," \
+                "--limits A=S)" >&2; exit 2 ;;
     esac
 done
 PY=${PYTHON:-python3}
@@ -39,7 +45,8 @@ fi
 export PYTHONPATH="$PWD/src:$SITE${PYTHONPATH:+:$PYTHONPATH}"
 export MPLBACKEND=Agg DVC_NO_ANALYTICS=1 DLWT_GPU_CARRY="$(cd "$CARRY" 2>/dev/null && pwd || echo "$CARRY")"
 
-PLAN=$("$PY" -m dlwt.gpucheck plan --profile "$PROFILE") || { echo "gpu_check.sh: $PY cannot import dlwt from src/" >&2; exit 2; }
+PLAN=$("$PY" -m dlwt.gpucheck plan --profile "$PROFILE" --only "$ONLY" --limits "$LIMITS") || {
+    echo "gpu_check.sh: no plan (a wrong --only/--limits name, or $PY cannot import dlwt from src/)" >&2; exit 2; }
 DEADLINE=$(( $(date +%s) + $(echo "$PLAN" | awk '/^deadline/ {print $2}') ))
 rc=0
 while read -r name limit; do

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import stat
 import subprocess
 import sys
 import tempfile
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 
 DEVICES = ("auto", "cuda", "cpu")
 _HELD = []  # lock files this process holds for its whole life (and across the torchrun exec)
+COUNT_TIMEOUT_S = 120
 
 
 def cpus() -> int:
@@ -56,22 +58,57 @@ def workers(requested: int) -> int:
 
 
 def _gpu_count() -> int:
-    """GPUs visible to a fresh process, without starting CUDA in this one (DLWT_FAKE_GPUS stands in for tests)."""
+    """GPUs visible to a fresh process, without starting CUDA in this one (DLWT_FAKE_GPUS stands in for tests).
+    A count that cannot be read is an error, not zero GPUs: zero would let the job go on without a claim."""
     fake = os.environ.get("DLWT_FAKE_GPUS")
     if fake is not None:
         return int(fake)
     code = "import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)"
+    fix = "set CUDA_VISIBLE_DEVICES to this job's GPUs yourself (then nothing is claimed), or check nvidia-smi"
     try:
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-        return int(out.stdout.strip() or 0)
-    except (OSError, ValueError, subprocess.SubprocessError):
-        return 0
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=COUNT_TIMEOUT_S)
+        return int(out.stdout.strip().splitlines()[-1])
+    except subprocess.TimeoutExpired:
+        raise DlwtError(f"counting this machine's GPUs took over {COUNT_TIMEOUT_S} s (a hung driver?): {fix}") from None
+    except (OSError, ValueError, IndexError, subprocess.SubprocessError) as e:
+        raise DlwtError(f"could not count this machine's GPUs ({type(e).__name__}: {e}): {fix}") from None
 
 
 def _lock_dir() -> str:
+    """The folder of the GPU locks: DLWT_GPU_LOCKS, else <tmp>/dlwt-gpus-<uid>. It must be a real folder owned by
+    this user and closed to others (0700): a lock file another user could plant (a symlink to a file of ours,
+    followed by root) would make the claim write through it."""
     path = os.environ.get("DLWT_GPU_LOCKS") or os.path.join(tempfile.gettempdir(), f"dlwt-gpus-{os.getuid()}")
-    os.makedirs(path, exist_ok=True)
+    fix = "remove it, or point DLWT_GPU_LOCKS at a folder of your own"
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise DlwtError(f"GPU lock folder {path}: {e.strerror}: {fix}") from None
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise DlwtError(f"GPU lock folder {path} is not a folder (a file or a symlink): {fix}")
+    if st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise DlwtError(f"GPU lock folder {path} is not yours alone (owner uid {st.st_uid}, mode "
+                        f"{stat.S_IMODE(st.st_mode):o}; want uid {os.getuid()}, 700): {fix}")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise DlwtError(f"GPU lock folder {path} is read-only: {fix}")
     return path
+
+
+def _open_lock(folder: str, i: int) -> int:
+    """gpu<i>.lock opened without following a symlink, and only if it is a regular file of ours."""
+    path = os.path.join(folder, f"gpu{i}.lock")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise DlwtError(f"GPU lock {path}: {e.strerror} (a symlink?): remove it") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
+        os.close(fd)
+        raise DlwtError(f"GPU lock {path} is not a regular file of yours: remove it")
+    return fd
 
 
 def claim_gpus(n: int) -> list[int] | None:
@@ -81,6 +118,10 @@ def claim_gpus(n: int) -> list[int] | None:
     taken by holding an flock on <tmp>/dlwt-gpus-<uid>/gpu<i>.lock, released when the process ends. Where the
     environment already chose (CUDA_VISIBLE_DEVICES set: SLURM, docker --gpus '"device=1"', a user) nothing is
     claimed and None is returned. Call before CUDA starts (before the torchrun relaunch).
+
+    Jobs see each other's claims only through the same lock folder: containers with a private /tmp must be
+    given one DLWT_GPU_LOCKS (a folder of the user's, bind-mounted into each), and two users on one machine
+    never see each other's (the folder is theirs alone): let a scheduler hand out GPUs there.
     """
     if n <= 0 or os.environ.get("CUDA_VISIBLE_DEVICES") is not None:
         return None
@@ -88,8 +129,9 @@ def claim_gpus(n: int) -> list[int] | None:
     if total == 0:
         return None  # no GPU at all: Device.resolve says so if the run needs one
     got = []
+    folder = _lock_dir()
     for i in range(total):
-        fd = os.open(os.path.join(_lock_dir(), f"gpu{i}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _open_lock(folder, i)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -14,16 +14,13 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
-import dlwt
 from dlwt import devices, layout
 from dlwt.errors import DlwtError
 
@@ -31,6 +28,8 @@ IMAGENET_TRAIN, IMAGENET_VAL = 1_281_167, 50_000
 # Disk for ImageNet, GB: archives, the extracted tree, and FFCV files at ffcv-imagenet's settings (max side
 # 512, half JPEG q90: their README's ~340 GB for train). Estimates until a user's convert measures them.
 IMAGENET_DISK_GB = {"archives": 155, "images": 150, "ffcv": 350}
+WORKER_SAYS = "dlwt all-reduce failed: "  # how an all-reduce rank's one line starts (found in torchrun's output)
+LOADER_BATCHES = 10  # batches of the real .beton timed after the first (decoding's images/s)
 
 
 def _versions(dev) -> dict:
@@ -51,8 +50,9 @@ def _versions(dev) -> dict:
 
 
 def _batch(params, dev, num_classes):
-    """(images, labels) of the pipeline's batch and resolution: the real train .beton's first batch when it
-    exists (checking the FFCV loader onto the device), random data otherwise."""
+    """(images, labels, source, loader images/s): the real train .beton's first batch when it exists (checking
+    the FFCV loader onto the device, and timing LOADER_BATCHES more of its batches: decoding is the likely limit
+    of ResNet-18 on 12 cores), random data otherwise."""
     from dlwt.data import ffcv_dir
 
     d = params["data"]
@@ -61,14 +61,29 @@ def _batch(params, dev, num_classes):
         from dlwt.data.loaders import make_loader
 
         loader = make_loader("train", d, dev.torch)
-        x, y = next(iter(loader))
-        if x.device.type != dev.torch.type or x.dtype != torch.float32 or not bool(torch.isfinite(x).all()):
-            raise DlwtError(f"the FFCV loader gave {x.dtype} on {x.device}, not finite float32 on {dev.torch}")
-        return x, y, "train.beton"
+        it = iter(loader)
+        try:
+            x, y = next(it)
+            if x.device.type != dev.torch.type or x.dtype != torch.float32 or not bool(torch.isfinite(x).all()):
+                raise DlwtError(f"the FFCV loader gave {x.dtype} on {x.device}, not finite float32 on {dev.torch}")
+            n, start = 0, time.perf_counter()
+            for xb, _ in it:
+                n += len(xb)
+                if n >= LOADER_BATCHES * len(x):
+                    break
+            _sync(dev)
+            rate = n / (time.perf_counter() - start) if n else None
+        finally:
+            # FFCV's EpochIterator is a thread that lives until close() (ffcv/loader/epoch_iterator.py: close
+            # sets terminate_event): breaking out of the loop alone leaves it and its batch buffers behind
+            if hasattr(it, "close"):
+                it.close()
+            del it
+        return x, y, "train.beton", rate
     g = torch.Generator().manual_seed(0)
     x = torch.randn(d["batch_size"], 3, d["res"], d["res"], generator=g)
     y = torch.randint(0, num_classes, (d["batch_size"],), generator=g)
-    return x.to(dev.torch, memory_format=torch.channels_last), y.to(dev.torch), "random"
+    return x.to(dev.torch, memory_format=dev.memory_format), y.to(dev.torch), "random", None
 
 
 def _sync(dev):
@@ -76,49 +91,56 @@ def _sync(dev):
         torch.cuda.synchronize(dev.torch)
 
 
-def time_rule(params, arch, rule, dev, x, y, num_classes, steps, warmup=2) -> dict:
-    """ms per training step of `rule` as `dlwt train` runs it: same arch, stem, amp, memory format, optimiser,
-    and for wm the mirror steps params set (mirror.steps every mirror.every steps)."""
-    from dlwt.engine import sgd
+def time_rules(params, arch, dev, x, y, num_classes, steps) -> list[dict]:
+    """Every rule of params on `arch`, as `dlwt train` steps it (dlwt.rulecost: same model, amp, memory format,
+    fused SGD, compile, wm's mirror steps), interleaved round by round: ms per step, ratio to bp, images/s,
+    peak memory."""
+    from dlwt import rulecost
 
-    t, m = params["train"], params["mirror"]
-    torch.manual_seed(0)
-    model = dlwt.models.build(arch, num_classes, rule, params["model"]["stem"]).to(dev.torch,
-                                                                                    memory_format=dev.memory_format)
-    opt = sgd(model, 0.01, t["momentum"], t["weight_decay"], t["nesterov"])
-    step_model = torch.compile(model) if t["compile"] else model
-    mirror = {k: m[k] for k in ("noise_std", "lr", "weight_decay", "batch_size", "size")}
-    if dev.cuda:
-        torch.cuda.reset_peak_memory_stats(dev.torch)
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    start = 0.0
-    for i in range(warmup + steps):
-        if i == warmup:
-            _sync(dev)
-            start = time.perf_counter()
-        with dev.autocast():
-            loss = F.cross_entropy(step_model(x), y, label_smoothing=t["label_smoothing"])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if rule == "wm" and (i + 1) % m["every"] == 0:
-            dlwt.mirror_step(model, steps=m["steps"], **mirror)
-    _sync(dev)
-    ms = 1000 * (time.perf_counter() - start) / steps
-    peak = torch.cuda.max_memory_allocated(dev.torch) / 2**20 if dev.cuda else \
-        max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
-    return {"arch": arch, "rule": rule, "ms_per_step": ms, "images_per_s": x.shape[0] / ms * 1000,
-            "peak_mb": peak, "finite": bool(torch.isfinite(loss.detach()).item())}
+    rules = params["model"]["rules"]
+    setups = {r: rulecost.Setup.build(params, arch, r, num_classes, dev) for r in rules}
+    rounds = max(1, min(3, steps))
+    raw = rulecost.interleaved(setups, x, y, dev, rounds=rounds, steps=-(-steps // rounds), warmup=2)
+    return [{"arch": arch, **rulecost.summary_row(r, raw[r], x.shape[0])} for r in rules]
 
 
-def _allreduce_check(n: int) -> str | None:
-    """None when `n` ranks on this node can all-reduce (NCCL), else the problem."""
-    code = ("import os, torch, torch.distributed as d; r=int(os.environ['LOCAL_RANK']); torch.cuda.set_device(r); "
-            "d.init_process_group('nccl'); t=torch.ones(1,device='cuda'); d.all_reduce(t); "
-            "assert t.item()==d.get_world_size(); d.destroy_process_group()")
+def _allreduce_check(n: int, backend: str = "nccl") -> str | None:
+    """None when `n` ranks on this node can all-reduce, else the problem. The ranks run this module's
+    `allreduce_worker` under torchrun (`-m`: torchrun has no `-c`)."""
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
-                           "-c", code], capture_output=True, text=True, timeout=300)
-    return None if proc.returncode == 0 else (proc.stderr.strip().splitlines() or ["failed"])[-1]
+                           "-m", "dlwt.doctor", "--allreduce-worker", backend],
+                          capture_output=True, text=True, timeout=300)
+    if proc.returncode == 0:
+        return None
+    lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
+    return next((ln.split(WORKER_SAYS, 1)[1] for ln in lines if WORKER_SAYS in ln), lines[-1] if lines else "failed")
+
+
+def allreduce_worker(backend: str) -> None:
+    """One rank of the all-reduce check: a tensor of ones summed over the ranks must equal the world size."""
+    import torch.distributed as dist
+
+    rank = int(os.environ["LOCAL_RANK"])
+    device = torch.device("cpu")
+    if backend == "nccl":
+        torch.cuda.set_device(rank)
+        device = torch.device("cuda", rank)
+    try:
+        dist.init_process_group(backend)
+        t = torch.ones(1, device=device)
+        dist.all_reduce(t)
+        if t.item() != dist.get_world_size():
+            raise RuntimeError(f"all_reduce gave {t.item()} on rank {rank}, not {dist.get_world_size()}")
+        dist.destroy_process_group()
+    except Exception as e:  # noqa: BLE001 (the one line the parent reports, whatever went wrong)
+        print(f"{WORKER_SAYS}rank {rank}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+              file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+
+
+LEFT_OUT = ("step times: compute only, on one batch already on the device, rules interleaved round by round; "
+            "they leave out decoding (timed separately when the .beton exists), DDP's all-reduce across "
+            "train.gpus, progressive resizing (data.min_res) and val_res, so the estimate is a lower bound")
 
 
 def estimate(params, rows, train_images, val_images) -> dict:
@@ -164,26 +186,25 @@ def run(params: dict, steps: int = 5) -> dict:
     except DlwtError:
         num_classes = 1000 if d["source"] == "imagenet" else 10
     try:
-        x, y, source = _batch(params, dev, num_classes)
-        checks.append(("loader", True, f"{source} batch {tuple(x.shape)} on {x.device}"))
+        x, y, source, loader_rate = _batch(params, dev, num_classes)
+        checks.append(("loader", True, f"{source} batch {tuple(x.shape)} on {x.device}" + (
+            f", {loader_rate:.0f} images/s decoded" if loader_rate else "")))
     except Exception as e:  # noqa: BLE001 (report any loader failure as a failed check)
         checks.append(("loader", False, f"{type(e).__name__}: {e}"))
-        x, y, source = _batch({**params, "data": {**d, "root": os.devnull}}, dev, num_classes)
+        x, y, source, loader_rate = _batch({**params, "data": {**d, "root": os.devnull}}, dev, num_classes)
     rows = []
     for arch in params["model"]["archs"]:
-        for rule in params["model"]["rules"]:
-            r = time_rule(params, arch, rule, dev, x, y, num_classes, steps)
-            bp = next((b["ms_per_step"] for b in rows if b["arch"] == arch and b["rule"] == "bp"), None)
-            r["vs_bp"] = r["ms_per_step"] / bp if bp else None
-            rows.append(r)
-            if not r["finite"]:
-                checks.append((f"{arch}-{rule}", False, "non-finite loss in the timing steps"))
+        rows += time_rules(params, arch, dev, x, y, num_classes, steps)
+    for r in rows:
+        if not r["finite"]:
+            checks.append((f"{r['arch']}-{r['rule']}", False, "non-finite loss in the timing steps"))
     counts = {}
     for split, default in (("train", IMAGENET_TRAIN), ("val", IMAGENET_VAL)):
         sidecar = os.path.join(d["root"], d["dataset"], "ffcv", f"{split}.beton.json")
         counts[split] = (json.load(open(sidecar))["images"] if os.path.exists(sidecar)
                          else default if d["source"] == "imagenet" else None)
     report.update({"steps": rows, "images": counts, "host": platform.node(), "data": source,
+                   "loader_images_per_s": loader_rate,
                    "estimate": estimate(params, rows, counts["train"], counts["val"]) if counts["train"] else None,
                    "disk_gb": IMAGENET_DISK_GB if d["source"] == "imagenet" else None})
     report["checks"] = checks
@@ -200,6 +221,13 @@ def print_report(report: dict, out=sys.stdout) -> None:
         ratio = f"{r['vs_bp']:.2f}x" if r["vs_bp"] else "-"
         print(f"{r['arch']:10} {r['rule']:4} {r['ms_per_step']:9.1f} {ratio:>6} {r['images_per_s']:8.0f} "
               f"{r['peak_mb']:8.0f}", file=out)
+    print(f"\n{LEFT_OUT}", file=out)
+    if report.get("loader_images_per_s"):
+        fastest = max(r["images_per_s"] for r in report["steps"])
+        print(f"the loader decoded {report['loader_images_per_s']:.0f} images/s on this rank's CPUs; the fastest "
+              f"rule computes {fastest:.0f}: " + ("decoding is the limit (more CPUs per GPU, or a smaller "
+              "data.max_resolution)" if report["loader_images_per_s"] < fastest else "compute is the limit"),
+              file=out)
     e = report["estimate"]
     print(f"\nwhole experiment ({e['runs']} runs, {report['images']['train']} train images, from these step times): "
           f"{e['gpu_hours_total']:.1f} device-hours" if e else "\nno estimate: run `dlwt convert` first (it counts "
@@ -230,3 +258,9 @@ def add_subparser(sub) -> None:
     p.add_argument("--overlay", action="append", default=[], help="YAML deep-merged over --params (repeatable)")
     p.add_argument("--steps", type=int, default=5, help="timed training steps per rule (after 2 warm-up steps)")
     p.set_defaults(func=main)
+
+
+if __name__ == "__main__":  # torchrun's entry for the all-reduce check: python -m dlwt.doctor --allreduce-worker B
+    if sys.argv[1:2] != ["--allreduce-worker"] or len(sys.argv) != 3:
+        raise SystemExit("usage: python -m dlwt.doctor --allreduce-worker nccl|gloo (run by `dlwt doctor`)")
+    allreduce_worker(sys.argv[2])

@@ -18,8 +18,8 @@ from __future__ import annotations
 import resource
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -61,7 +61,8 @@ class Setup:
     done: int = 0
 
     @staticmethod
-    def build(params: dict, arch: str, rule: str, num_classes: int, dev, *, compile: bool | None = None) -> Setup:
+    def build(params: dict, arch: str, rule: str, num_classes: int, dev, *, compile: bool | None = None,
+              backend: str = "inductor") -> Setup:
         from dlwt.engine import sgd
 
         t = params["train"]
@@ -70,7 +71,7 @@ class Setup:
         model = model.to(dev.torch, memory_format=dev.memory_format)
         opt = sgd(model, 0.01, t["momentum"], t["weight_decay"], t["nesterov"])
         use_compile = t["compile"] if compile is None else compile
-        return Setup(rule, model, torch.compile(model) if use_compile else model, opt,
+        return Setup(rule, model, torch.compile(model, backend=backend) if use_compile else model, opt,
                      after_step_fn(model, rule, params["mirror"]), t["label_smoothing"])
 
     def step(self, x, y, dev) -> torch.Tensor:

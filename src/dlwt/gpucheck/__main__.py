@@ -1,6 +1,6 @@
 """The gpu-check runner's entry points (scripts/gpu_check.sh calls these; see dlwt/gpucheck/__init__.py).
 
-    python -m dlwt.gpucheck plan --profile gpu                 # "name limit_s" per part, for the shell loop
+    python -m dlwt.gpucheck plan --profile gpu [--only a,b] [--limits a=30]  # "name limit_s" per part
     python -m dlwt.gpucheck part cost --profile gpu --out DIR --deadline EPOCH_S
     python -m dlwt.gpucheck died cost --profile gpu --out DIR --limit 150 --why "timed out after 150 s"
     python -m dlwt.gpucheck summary --out DIR
@@ -13,15 +13,14 @@ import sys
 import time
 from pathlib import Path
 
-from dlwt.gpucheck import DEADLINE_S, PARTS, PROFILES
-from dlwt.gpucheck import record
+from dlwt.gpucheck import DEADLINE_S, PARTS, PROFILES, record
 
 
 def _part(name: str):
     for part in PARTS:
         if part[0] == name:
             return part
-    raise SystemExit(f"gpu-check: no part {name!r}: parts are {', '.join(p[0] for p in PARTS)}")
+    raise SystemExit(f"gpu-check: no part {name!r}: the parts are {', '.join(p[0] for p in PARTS)}")
 
 
 def main(argv=None) -> int:
@@ -34,12 +33,19 @@ def main(argv=None) -> int:
     p.add_argument("--deadline", type=float, help="epoch seconds by which the whole check must end")
     p.add_argument("--limit", type=float, default=0.0)
     p.add_argument("--why", default="")
+    p.add_argument("--only", default="", help="plan: these parts only (comma-separated names)")
+    p.add_argument("--limits", default="", help="plan: NAME=SECONDS,... overriding parts' time limits")
     a = p.parse_args(argv)
     col = 2 if a.profile == "gpu" else 3
     if a.action == "plan":
+        only = [n for n in a.only.split(",") if n]
+        limits = dict(kv.split("=", 1) for kv in a.limits.split(",") if kv)
+        for n in [*only, *limits]:
+            _part(n)
         print(f"deadline {DEADLINE_S[a.profile]}")
         for part in PARTS:
-            print(f"{part[0]} {part[col]}")
+            if not only or part[0] in only:
+                print(f"{part[0]} {int(float(limits.get(part[0], part[col])))}")
         return 0
     if a.action == "summary":
         s = record.summarize(a.out, [part[0] for part in PARTS])

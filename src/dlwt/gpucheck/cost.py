@@ -58,7 +58,8 @@ def run(rec, profile, *, name, deadline):
             rec.skip(f"cost {arch}", "the deadline was near")
             continue
         rules = ("bp", _slowest(rec.out, arch)) if compiled else RULES
-        setups = {r: rulecost.Setup.build(params, arch, r, 1000, dev, compile=compiled) for r in rules}
+        setups = {r: rulecost.Setup.build(params, arch, r, 1000, dev, compile=compiled,
+                                          backend=profile.compile_backend) for r in rules}
         g = torch.Generator().manual_seed(0)
         x = torch.randn(profile.cost_batch, 3, profile.cost_res, profile.cost_res, generator=g)
         x = x.to(dev.torch, memory_format=dev.memory_format)

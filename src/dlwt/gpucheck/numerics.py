@@ -98,7 +98,7 @@ def _mirror(rec, profile, dev) -> None:
         m = _model(profile, "wm").to(dev)
         gen = torch.Generator(device=dev).manual_seed(seed)
         dlwt.mirror_step(m, steps=3, generator=gen)
-        return m, [l.feedback.detach().clone() for l in m.modules() if isinstance(l, FEEDBACK_TYPES)]
+        return m, [layer.feedback.detach().clone() for layer in m.modules() if isinstance(layer, FEEDBACK_TYPES)]
 
     a, fa_ = mirrored(1)
     _, fb_ = mirrored(1)
@@ -116,13 +116,13 @@ def _kp_shrink(rec, profile, dev) -> None:
     m = _model(profile, "kp").to(dev)
     lr, wd = 0.1, 0.05
     opt = sgd(m, lr, 0.0, wd)
-    layers = [l for l in m.modules() if isinstance(l, FEEDBACK_TYPES)]
-    before = [(l.weight - l.feedback).detach().clone() for l in layers]
+    layers = [layer for layer in m.modules() if isinstance(layer, FEEDBACK_TYPES)]
+    before = [(layer.weight - layer.feedback).detach().clone() for layer in layers]
     x = torch.randn(profile.numerics_batch, 3, profile.numerics_res, profile.numerics_res, device=dev)
     F.cross_entropy(m(x), torch.zeros(len(x), dtype=torch.long, device=dev)).backward()
     opt.step()
-    errs = [float(((l.weight - l.feedback).detach() - (1 - lr * wd) * b).norm() / b.norm())
-            for l, b in zip(layers, before)]
+    errs = [float(((layer.weight - layer.feedback).detach() - (1 - lr * wd) * b).norm() / b.norm())
+            for layer, b in zip(layers, before)]
     rec.check("kp W - B shrinks by (1 - lr wd)", max(errs) <= KP_TOL,
               f"worst rel. deviation {max(errs):.1e} over {len(layers)} layers after one fused SGD step "
               f"(lr {lr}, wd {wd}, momentum 0), tolerance {KP_TOL:g}")

@@ -8,6 +8,7 @@ rewritten atomically on every flush; the JSON line in parts.jsonl is appended on
 from __future__ import annotations
 
 import json
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -18,22 +19,25 @@ from dlwt.atomic import atomic_write, write_json_atomic
 class Record:
     def __init__(self, name: str, out: Path, profile: str, limit_s: float):
         self.out, self.t0 = Path(out), time.monotonic()
+        self.lock = threading.RLock()  # a part's threads (the pipeline's SIGTERM job) record concurrently
         self.result = {"name": name, "status": "running", "profile": profile, "limit_s": limit_s, "seconds": 0.0,
                        "checks": [], "skipped": [], "data": {}}
         self.data = self.result["data"]
         self.flush()
 
     def check(self, name: str, ok: bool, detail: str = "") -> bool:
-        self.result["checks"].append({"name": name, "ok": bool(ok), "detail": detail})
-        self.flush()
+        with self.lock:
+            self.result["checks"].append({"name": name, "ok": bool(ok), "detail": detail})
+            self.flush()
         return bool(ok)
 
     def skip(self, name: str, why: str) -> None:
         self.result["skipped"].append({"name": name, "why": why})
 
     def flush(self) -> None:
-        self.result["seconds"] = round(time.monotonic() - self.t0, 2)
-        write_json_atomic(self.out / "parts" / f"{self.result['name']}.json", self.result)
+        with self.lock:
+            self.result["seconds"] = round(time.monotonic() - self.t0, 2)
+            write_json_atomic(self.out / "parts" / f"{self.result['name']}.json", self.result)
 
     def finish(self, error: BaseException | None = None, skipped: str | None = None) -> dict:
         if error is not None:
