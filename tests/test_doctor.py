@@ -28,7 +28,7 @@ def test_doctor_times_every_rule_and_estimates_the_experiment(tmp_path):
     assert report["device"] == "cpu" and report["data"] == "random"  # no .beton in this folder
     assert [r["rule"] for r in report["steps"]] == ["bp", "fa", "ss", "wm", "kp"]
     assert all(r["ms_per_step"] > 0 and r["finite"] for r in report["steps"])
-    assert report["steps"][0]["vs_bp"] is None and all(r["vs_bp"] > 0 for r in report["steps"][1:])
+    assert report["steps"][0]["vs_bp"] == 1.0 and all(r["vs_bp"] > 0 for r in report["steps"][1:])
     assert report["estimate"] is None and "no estimate: run `dlwt convert` first" in proc.stdout
     checks = proc.stdout.split("\n\n")[0].splitlines()
     assert [c.split(":")[0] for c in checks] == ["ok   device", "ok   loader"]
