@@ -1,15 +1,23 @@
 """The CUDA paths: the rules in bf16 with channels_last, FFCV loading onto the device, a training run.
-Skipped where there is no GPU (CI); run on a GPU machine with `pytest tests/test_gpu.py`."""
+Skipped where there is no GPU (CI); run on a GPU machine with `pytest tests/test_gpu.py`. The tests that
+convert to FFCV skip without FFCV (a bare CUDA image: `make gpu-check` covers those machines)."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 import dlwt
 from dlwt.data.imagenet import extract
-from dlwt.data.loaders import make_loader
-from dlwt.data.stages import convert_stage
 from dlwt.data.synthetic import write_archives
 from dlwt.rules import FeedbackConv2d
+
+
+def _ffcv():
+    """FFCV's convert and loader, or a skip where FFCV is not installed."""
+    pytest.importorskip("ffcv")
+    from dlwt.data.loaders import make_loader
+    from dlwt.data.stages import convert_stage
+
+    return convert_stage, make_loader
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 CUDA = torch.device("cuda")
@@ -59,6 +67,7 @@ def test_mirror_step_on_cuda_aligns_b():
 
 @pytest.mark.timeout(300)
 def test_ffcv_loader_onto_cuda(tmp_path):
+    convert_stage, make_loader = _ffcv()
     raw = tmp_path / "raw" / "synthetic"
     write_archives(str(raw), classes=3, train_per_class=4, val_per_class=3, size=64)
     extract(str(raw), str(tmp_path), "synthetic")
@@ -88,6 +97,7 @@ def gpu_params(tmp_path_factory):
     """ci.yaml's synthetic data and settings, on CUDA with bf16 and channels_last (what ImageNet runs)."""
     from dlwt.params import deep_merge, load
 
+    convert_stage, _ = _ffcv()
     root = tmp_path_factory.mktemp("gpu")
     raw = root / "raw" / "synthetic"
     write_archives(str(raw), classes=3, train_per_class=16, val_per_class=4, size=64)
