@@ -22,7 +22,7 @@ def run(rec, profile, *, name, deadline):
     work.mkdir(parents=True, exist_ok=True)
     params = pipeline_params(profile, work, profile.claims, f"gpu-check-claims-{profile.name}")
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    jobs = Jobs(work, str(work / "params.yaml"), deadline)
+    jobs = Jobs(work, str(work / "params.yaml"), deadline, cpu=profile.device == "cpu")
     by_stage: dict[str, list] = {}
     for j in dag.jobs(params):
         by_stage.setdefault(j.stage, []).append(j)

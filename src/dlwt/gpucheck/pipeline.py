@@ -23,7 +23,7 @@ from pathlib import Path
 from dlwt import dag, layout
 from dlwt.params import deep_merge, load, validate
 
-RESUME_TOL = 0.03  # top-1 error (a fraction, as metrics.jsonl has it), resumed run vs twin (2,000 images, 2 epochs)
+RESUME_TOL = 0.03  # top-1 error (a fraction, as metrics.jsonl has it), resumed run vs twin (2,000 images)
 LEARNED = 0.40     # top-1 error every rule must beat after 2 epochs (chance is 90%)
 SIGTERM_RUN = "wm"
 
@@ -46,9 +46,11 @@ def _argv(job, params_file: str) -> list[str]:
 class Jobs:
     """Start pipeline jobs in `work`, each logging to logs/<name>.log; wait for them; say how they ended."""
 
-    def __init__(self, work: Path, params_file: str, deadline: float):
+    def __init__(self, work: Path, params_file: str, deadline: float, cpu: bool = False):
         self.work, self.params_file, self.deadline = work, params_file, deadline
         self.env = {**os.environ, "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "0")}
+        if cpu:  # the CPU profile runs its jobs side by side: one thread each, or they spin against each other
+            self.env["OMP_NUM_THREADS"] = "1"
         (work / "logs").mkdir(parents=True, exist_ok=True)
 
     def start(self, name: str, argv: list[str]) -> subprocess.Popen:
@@ -122,7 +124,7 @@ def run(rec, profile, *, name, deadline):
     import yaml
 
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    jobs = Jobs(work, params_file, deadline)
+    jobs = Jobs(work, params_file, deadline, cpu=profile.device == "cpu")
     by_stage: dict[str, list] = {}
     for j in dag.jobs(params):
         by_stage.setdefault(j.stage, []).append(j)
