@@ -38,6 +38,13 @@ from dlwt.provenance import provenance
 TORCHVISION = {"resnet18": "ResNet18_Weights.IMAGENET1K_V1", "resnet50": "ResNet50_Weights.IMAGENET1K_V1"}
 
 
+def published_sha256(file_name: str) -> str:
+    """The SHA-256 prefix torchvision publishes in a weight file's name (resnet18-f37072fd.pth: f37072fd)."""
+    import torch.hub
+
+    return torch.hub.HASH_REGEX.search(file_name).group(1)
+
+
 def torchvision_weights(arch: str) -> tuple[dict, dict]:
     """(state dict, meta) of torchvision's pretrained `arch`, from $TORCH_HOME's cache or downloaded there.
 
@@ -52,7 +59,7 @@ def torchvision_weights(arch: str) -> tuple[dict, dict]:
     weights = torchvision.models.get_weight(name)
     top1 = weights.meta["_metrics"]["ImageNet-1K"]["acc@1"]
     cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urllib.parse.urlparse(weights.url).path)
-    published = torch.hub.HASH_REGEX.search(cached.name).group(1)
+    published = published_sha256(cached.name)
     fix = "delete it to download it again, or pass weights you trust as --checkpoint"
     if not cached.is_file():
         cached.parent.mkdir(parents=True, exist_ok=True)
