@@ -36,7 +36,7 @@ class Blocker:
     BLOCKED = {blocked!r}
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in self.BLOCKED:
-            raise ImportError(f"blocked: {{name}}")
+            raise ModuleNotFoundError(f"blocked: {{name}}", name=name)
 sys.meta_path.insert(0, Blocker())
 """
 
@@ -69,6 +69,14 @@ print(sorted(m for m in ("torch", "torchvision", "pandas", "seaborn", "matplotli
 """)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip() == "[]"
+
+
+def test_a_library_only_install_says_which_extra_a_stage_needs():
+    r = python("from dlwt.cli import main; sys.exit(main(['params']))", blocked=("yaml", "jsonschema"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines() == [
+        "dlwt params: needs jsonschema, which is not installed: pip install 'dlwt[cli]' (the stages' extra; "
+        "'dlwt[pipeline]' adds Snakemake and DVC)"]
 
 
 def test_the_cli_still_knows_every_stage_and_its_flags(capsys):

@@ -59,7 +59,14 @@ class _LazyStages(argparse._SubParsersAction):
         name = values[0]
         if name in STAGES and name not in self.declared:
             module, function, _ = STAGES[name]
-            getattr(importlib.import_module(module), function)(_Declare(self._name_parser_map))
+            try:
+                declare = getattr(importlib.import_module(module), function)
+            except ModuleNotFoundError as e:  # a library-only install (`pip install dlwt`): say which extra
+                if e.name is None or e.name.split(".")[0] == "dlwt":
+                    raise
+                parser.exit(2, f"dlwt {name}: needs {e.name}, which is not installed: pip install 'dlwt[cli]' "
+                               "(the stages' extra; 'dlwt[pipeline]' adds Snakemake and DVC)\n")
+            declare(_Declare(self._name_parser_map))
             self.declared.update(n for n, spec in STAGES.items() if spec[:2] == (module, function))
         super().__call__(parser, namespace, values, option_string)
 
@@ -77,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_report(sub) -> None:
     """`dlwt report`, or without the report extra (pandas, matplotlib, seaborn) a stub that says how to get it:
-    a core install (`pip install dlwt`) runs every other stage."""
+    `pip install 'dlwt[cli]'` runs every other stage."""
     try:
         from dlwt import report
     except ImportError as e:
