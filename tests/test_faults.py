@@ -245,10 +245,16 @@ def test_plain_state_dict_evaluates(synthetic, rule):
     assert out["val_images"] == 6 and out["epoch"] is None and out["checkpoint"] == "mine.pt"
 
 
-def test_torchvision_weights_evaluate_offline_from_the_cache(work, tmp_path):
+def test_torchvision_weights_evaluate_offline_from_the_cache(work, tmp_path, monkeypatch):
     """--weights torchvision reads $TORCH_HOME's cache (here: a state dict the test writes, 1000 classes,
-    imagenet stem) and records torchvision's published top-1; nothing is downloaded."""
+    imagenet stem) and records torchvision's published top-1; nothing is downloaded. In-process: the file's
+    published hash is made the test file's own (a real cached file has torchvision's)."""
+    import hashlib
+
     from PIL import Image
+
+    from dlwt import evaluate
+    from dlwt.cli import main
 
     from dlwt.data.imagefolder import write_classes
 
@@ -262,15 +268,18 @@ def test_torchvision_weights_evaluate_offline_from_the_cache(work, tmp_path):
     cache = tmp_path / "torch_home" / "hub" / "checkpoints"
     cache.mkdir(parents=True)
     torch.save(_state(stem="imagenet", classes=1000), cache / "resnet18-f37072fd.pth")
+    digest = hashlib.sha256((cache / "resnet18-f37072fd.pth").read_bytes()).hexdigest()
+    monkeypatch.setattr(evaluate, "published_sha256", lambda name: digest[:8])
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.chdir(work)
     over = overlay(work, "tv.yaml", """
 data: {source: imagefolder, dataset: tv, root: data, backend: torchvision, batch_size: 250, res: 8, val_res: 8,
        crop_ratio: 1.0, num_workers: 0}
 model: {stem: imagenet}
 train: {grad_batch: 4, device: cpu}
 """)
-    r = dlwt("evaluate", "--params", "params.yaml", "--overlay", over, "--arch", "resnet18", "--rule", "bp",
-             "--weights", "torchvision", "--out", "tv.json", cwd=work, env={"TORCH_HOME": str(tmp_path / "torch_home")})
-    assert r.returncode == 0, r.stderr[-2000:]
+    assert main(["evaluate", "--params", "params.yaml", "--overlay", over, "--arch", "resnet18", "--rule", "bp",
+                 "--weights", "torchvision", "--out", "tv.json"]) == 0
     out = json.loads((work / "tv.json").read_text())
     assert out["published_top1"] == 69.758 and out["weights"] == "torchvision:ResNet18_Weights.IMAGENET1K_V1"
     assert out["val_images"] == 1000

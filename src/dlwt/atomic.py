@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -71,6 +72,11 @@ def plain_oserror(e: OSError, path=None, near=None) -> OSError | DlwtError:
                          "folder")
     if e.errno == errno.ELOOP:
         return DlwtError(f"symlink loop at {where}: fix or remove that link")
+    if e.errno == errno.ENAMETOOLONG:
+        return DlwtError(f"name too long: {str(where)[:80]}...: shorten it (exp, data.dataset or the --out path)")
+    if e.errno in (errno.ENOTDIR, errno.EEXIST) and path is not None:
+        return DlwtError(f"{where}: a part of this path is a file, not a folder: move that file or choose "
+                         "another path")
     return e
 
 
@@ -87,9 +93,39 @@ def os_errors(path=None, near=None):
         raise mapped from None
 
 
+_KINDS = ((stat.S_ISDIR, "folder"), (stat.S_ISREG, "file"), (stat.S_ISLNK, "symlink"), (stat.S_ISCHR, "character device"),
+          (stat.S_ISBLK, "block device"), (stat.S_ISFIFO, "fifo"), (stat.S_ISSOCK, "socket"))
+
+
+def _kind(path) -> str | None:
+    """What is at `path` now ("file", "folder", "fifo", ...; a symlink is itself, not what it points to), or None."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise plain_oserror(e, path) from None
+    return next((name for test, name in _KINDS if test(mode)), "special file")
+
+
+def check_target(path, want: str = "file", what: str | None = None) -> Path:
+    """`path` as a Path if a writer may put a `want` ("file" or "folder") there: nothing is there yet, a
+    `want` is (it is replaced), or a symlink (replaced, never followed); else DlwtError. Every writer below
+    calls it, so `--out /dev/null` or a fifo is refused instead of being replaced by a regular file (as root,
+    the real /dev/null); the stages call it again on their --out before any work. `what` names the flag."""
+    label = f"{what}: " if what else ""
+    if str(path) == "":
+        raise DlwtError(f"{label}empty path: pass the {want} to write, e.g. results/<exp>/...")
+    kind = _kind(path)
+    if kind not in (None, want, "symlink"):
+        raise DlwtError(f"{label}{path} exists and is a {kind}, not a {want}: pass a path that does not exist "
+                        f"yet (or is a {want} to replace)")
+    return Path(path)
+
+
 def _write_via(path, write) -> None:
     """write(f) into the temp file beside path, fsync, rename; the temp file never outlives a failure."""
-    path = Path(path)
+    path = check_target(path, "file")
     tmp = temp_path(path)
     with os_errors(path):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -131,8 +167,8 @@ def _remove(path: Path) -> None:
 
 def replace_dir(tmp, final) -> None:
     """Move the finished folder `tmp` to `final`; an older `final` is removed only once the new one is in
-    place (a symlink at `final` is unlinked, never followed)."""
-    tmp, final = Path(tmp), Path(final)
+    place (a symlink at `final` is unlinked, never followed; a file or device there is refused)."""
+    tmp, final = Path(tmp), check_target(final, "folder")
     with os_errors(final):
         if os.path.lexists(final):
             old = final.with_name(f"{final.name}.old-{tag()}")
@@ -149,7 +185,7 @@ def replace_dir(tmp, final) -> None:
 def staged_dir(final):
     """Build a folder under NAME.tmp-<pid>-<host> and rename it to `final` when the block ends without
     error; on any error (or a kill signal turned into an exception) the temp folder is removed."""
-    final = Path(final)
+    final = check_target(final, "folder")  # before the work, not after it
     tmp = final.with_name(f"{final.name}.tmp-{tag()}")
     with os_errors(final):
         if os.path.lexists(tmp):

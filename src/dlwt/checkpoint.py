@@ -14,6 +14,7 @@ file and the fix.
 """
 from __future__ import annotations
 
+import hashlib
 import pickle
 import re
 import warnings
@@ -40,8 +41,12 @@ def read(path, *, fix: str = DEFAULT_FIX):
             warnings.simplefilter("ignore", UserWarning)
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        # weights_only refused a global (a class or function the file wants built): foreign or malicious
+        # weights_only refused a global (a class or function the file wants built): foreign or malicious.
+        # Any other unpickling error is a file that is no pickle at all (random bytes, another format).
         what = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if what is None and not _pickle_names_objects(path):
+            raise DlwtError(f"{path}: not a checkpoint (neither a torch file nor a pickle of tensors); "
+                            f"{fix}") from None
         raise DlwtError(f"{path}: refused to load: it names Python objects other than tensors and plain "
                         f"data{f' ({what[1]})' if what else ''}, which could run code; {fix}") from None
     except Exception as e:  # noqa: BLE001  (a foreign file fails in many ways; weights_only ran no code)
@@ -49,6 +54,31 @@ def read(path, *, fix: str = DEFAULT_FIX):
         first = first if isinstance(e, RuntimeError) else f"{type(e).__name__} {first}".strip()
         raise DlwtError(f"{path}: not a readable torch file (truncated or another format: {first[:120]}); "
                         f"{fix}") from None
+
+
+def _pickle_names_objects(path) -> bool:
+    """Whether a plain (non-zip) pickle asks for a class or function to be built. pickletools only parses
+    the opcodes, it builds nothing; random bytes fail to parse and are "not a checkpoint"."""
+    import pickletools
+
+    try:
+        with open(path, "rb") as f:
+            return any(op.name in ("GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE")
+                       for op, _, _ in pickletools.genops(f))
+    except Exception:  # noqa: BLE001  (not a pickle: whatever parsing error it raises)
+        return False
+
+
+def check_sha256(path, prefix: str, *, fix: str) -> None:
+    """DlwtError unless the SHA-256 of `path` starts with `prefix` (a published hash or its first hex digits,
+    e.g. the 8 in torchvision's resnet18-f37072fd.pth): a cache someone replaced is refused unread."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    if not digest.hexdigest().startswith(prefix.lower()):
+        raise DlwtError(f"{path}: SHA-256 {digest.hexdigest()[:16]}... is not the published {prefix}: the file "
+                        f"is damaged or was replaced, and is not loaded; {fix}")
 
 
 def load(path, *, expect: dict | None = None, fix: str = DEFAULT_FIX) -> dict:
@@ -75,9 +105,12 @@ def _is_state_dict(obj) -> bool:
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
 
 
-def load_weights(path, *, fix: str = DEFAULT_FIX) -> tuple[dict, dict]:
+def load_weights(path, *, fix: str = DEFAULT_FIX, sha256: str | None = None) -> tuple[dict, dict]:
     """(state dict, meta) from a dlwt checkpoint (meta: its arch/rule/seed/epoch and stem) or from a plain state dict
-    such as torchvision's pretrained files or `torch.save(model.state_dict(), ...)` (meta: {})."""
+    such as torchvision's pretrained files or `torch.save(model.state_dict(), ...)` (meta: {}). sha256: the
+    published hash (or its prefix) the file must have, checked before anything is unpickled."""
+    if sha256 is not None and Path(path).is_file():
+        check_sha256(path, sha256, fix=fix)
     obj = read(path, fix=fix)
     if isinstance(obj, dict) and all(k in obj for k in KEYS) and _is_state_dict(obj["model"]):
         meta = {k: obj[k] for k in ("arch", "rule", "seed", "epoch")}

@@ -13,30 +13,78 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+
+# stage -> (module, the function there that declares its flags, the line `dlwt --help` shows). The parser
+# imports a stage's module only once that stage is chosen (_LazyStages): `dlwt params` or a mistyped flag
+# must not spend 36-87 s (under load) importing torch, torchvision, pandas and seaborn for stages not run.
+STAGES = {
+    "acquire": ("dlwt.data.stages", "add_subparsers", "check or download the ILSVRC2012 archives (or write synthetic ones)"),
+    "extract": ("dlwt.data.stages", "add_subparsers", "archives -> data/<dataset>/images/{train,val}/<class>/"),
+    "convert": ("dlwt.data.stages", "add_subparsers", "ImageFolder -> data/<dataset>/ffcv/{train,val}.beton"),
+    "train": ("dlwt.train", "add_subparser", "train one (arch, rule, seed); resumes from <out>/checkpoints/last.pt"),
+    "evaluate": ("dlwt.evaluate", "add_subparser", "checkpoint or weights -> eval JSON (top-1/top-5 error, alignment)"),
+    "report": ("dlwt.cli", "_add_report", "Table 1, figures and README (with verdicts) from an experiment"),
+    "doctor": ("dlwt.doctor", "add_subparser", "check this machine against params and time every rule (run first)"),
+    "params": ("dlwt.params", "add_subparser", "print the merged, validated params (YAML) that every stage reads"),
+    "dag": ("dlwt.dag", "add_subparser", "the pipeline's jobs and their params keys; write or check dvc.yaml"),
+    "check-outputs": ("dlwt.dag", "add_check_outputs_subparser",
+                      "exit 2 unless every output of the pipeline exists and is non-empty"),
+}
+
+
+class _Declare:
+    """What a module's add_subparser(sub) is handed: add_parser returns the stage's placeholder parser (made
+    with its help line up front) with the module's description and formatter, so the module declares its
+    flags into it unchanged."""
+
+    def __init__(self, parsers: dict):
+        self.parsers = parsers
+
+    def add_parser(self, name, **kw):
+        p = self.parsers[name]
+        for key in ("description", "epilog", "formatter_class"):
+            if key in kw:
+                setattr(p, key, kw[key])
+        return p
+
+
+class _LazyStages(argparse._SubParsersAction):
+    """Subcommands whose flags are declared (their module imported) when the stage is chosen."""
+
+    declared: set
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        name = values[0]
+        if name in STAGES and name not in self.declared:
+            module, function, _ = STAGES[name]
+            try:
+                declare = getattr(importlib.import_module(module), function)
+            except ModuleNotFoundError as e:  # a library-only install (`pip install dlwt`): say which extra
+                if e.name is None or e.name.split(".")[0] == "dlwt":
+                    raise
+                parser.exit(2, f"dlwt {name}: needs {e.name}, which is not installed: pip install 'dlwt[cli]' "
+                               "(the stages' extra; 'dlwt[pipeline]' adds Snakemake and DVC)\n")
+            declare(_Declare(self._name_parser_map))
+            self.declared.update(n for n, spec in STAGES.items() if spec[:2] == (module, function))
+        super().__call__(parser, namespace, values, option_string)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from dlwt import dag, doctor, evaluate, params, train
-    from dlwt.data import stages
-
     parser = argparse.ArgumentParser(prog="dlwt", description="Deep Learning without Weight Transport",
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
-    stages.add_subparsers(sub)
-    train.add_subparser(sub)
-    evaluate.add_subparser(sub)
-    _add_report(sub)
-    doctor.add_subparser(sub)
-    params.add_subparser(sub)
-    dag.add_subparser(sub)
-    dag.add_check_outputs_subparser(sub)
+    parser.register("action", "lazy_stages", _LazyStages)
+    sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE", action="lazy_stages")
+    sub.declared = set()
+    for name, (_, _, help_line) in STAGES.items():
+        sub.add_parser(name, help=help_line)
     return parser
 
 
 def _add_report(sub) -> None:
     """`dlwt report`, or without the report extra (pandas, matplotlib, seaborn) a stub that says how to get it:
-    a core install (`pip install dlwt`) runs every other stage."""
+    `pip install 'dlwt[cli]'` runs every other stage."""
     try:
         from dlwt import report
     except ImportError as e:
@@ -47,7 +95,7 @@ def _add_report(sub) -> None:
         def need_extra(args):
             raise DlwtError(f"needs the report extra ({missing} is not installed): pip install 'dlwt[report]'")
 
-        p = sub.add_parser("report", help="Table 1, figures and README (needs the report extra)")
+        p = sub.add_parser("report")
         for flag in ("--params", "--overlay", "--results", "--paper"):  # accepted, so the error is the one below
             p.add_argument(flag, action="append")
         p.set_defaults(func=need_extra)

@@ -53,10 +53,10 @@ CODE = {"acquire": ("src/dlwt/data/stages.py", "src/dlwt/data/imagenet.py", "src
         "extract": ("src/dlwt/data/stages.py", "src/dlwt/data/imagenet.py", "src/dlwt/data/digits.py",
                     "src/dlwt/data/imagefolder.py"),
         "convert": ("src/dlwt/data/ffcv_io.py",),
-        "train": ("src/dlwt/rules.py", "src/dlwt/models.py", "src/dlwt/engine.py", "src/dlwt/train.py",
-                  "src/dlwt/data/loaders.py"),
-        "evaluate": ("src/dlwt/rules.py", "src/dlwt/models.py", "src/dlwt/engine.py", "src/dlwt/evaluate.py",
-                     "src/dlwt/data/loaders.py"),
+        "train": ("src/dlwt/rules.py", "src/dlwt/feedback_autograd.py", "src/dlwt/models.py", "src/dlwt/engine.py",
+                  "src/dlwt/train.py", "src/dlwt/data/loaders.py"),
+        "evaluate": ("src/dlwt/rules.py", "src/dlwt/feedback_autograd.py", "src/dlwt/models.py", "src/dlwt/engine.py",
+                     "src/dlwt/evaluate.py", "src/dlwt/data/loaders.py"),
         "report": ("src/dlwt/report.py", "src/dlwt/figures.py")}
 
 

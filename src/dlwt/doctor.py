@@ -240,6 +240,8 @@ def main(args) -> int:
     from dlwt.atomic import write_json_atomic
     from dlwt.params import load
 
+    if args.steps < 1:  # a per-step time needs a step (0 divided by zero)
+        raise DlwtError(f"--steps {args.steps}: time at least 1 step per rule (default 5)")
     params = load(args.params, args.overlay)
     if params["train"]["device"] != "cpu":
         devices.claim_gpus(params["train"]["gpus"])

@@ -19,6 +19,8 @@ images in the validation order, the same for every rule.
 from __future__ import annotations
 
 import argparse
+import os
+import urllib.parse
 from pathlib import Path
 
 import torch.nn.functional as F
@@ -36,19 +38,38 @@ from dlwt.provenance import provenance
 TORCHVISION = {"resnet18": "ResNet18_Weights.IMAGENET1K_V1", "resnet50": "ResNet50_Weights.IMAGENET1K_V1"}
 
 
+def published_sha256(file_name: str) -> str:
+    """The SHA-256 prefix torchvision publishes in a weight file's name (resnet18-f37072fd.pth: f37072fd)."""
+    import torch.hub
+
+    return torch.hub.HASH_REGEX.search(file_name).group(1)
+
+
 def torchvision_weights(arch: str) -> tuple[dict, dict]:
-    """(state dict, meta) of torchvision's pretrained `arch`, from $TORCH_HOME's cache or downloaded there."""
+    """(state dict, meta) of torchvision's pretrained `arch`, from $TORCH_HOME's cache or downloaded there.
+
+    Not through torchvision's get_state_dict: it calls torch.hub.load_state_dict_from_url, whose
+    weights_only=False (torch 2.x) unpickles whatever a cached file names, so a file planted in the cache
+    ran code. Here the cached file must have the SHA-256 prefix published in its name (resnet18-f37072fd.pth;
+    torch.hub's HASH_REGEX) and is read by dlwt.checkpoint with weights_only=True."""
+    import torch.hub
     import torchvision
 
     name = TORCHVISION[arch]
     weights = torchvision.models.get_weight(name)
     top1 = weights.meta["_metrics"]["ImageNet-1K"]["acc@1"]
-    try:
-        state = weights.get_state_dict(progress=False)
-    except Exception as e:  # noqa: BLE001  (urllib, hash and zip errors alike: the fix is the same)
-        raise DlwtError(f"torchvision weights {name}: could not load ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0][:100] if str(e) else ''}); without internet, download "
-                        f"{weights.url} elsewhere and pass it as --checkpoint") from None
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urllib.parse.urlparse(weights.url).path)
+    published = published_sha256(cached.name)
+    fix = "delete it to download it again, or pass weights you trust as --checkpoint"
+    if not cached.is_file():
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        try:  # writes a temp file beside the target, checks the hash prefix, then renames (torch.hub)
+            torch.hub.download_url_to_file(weights.url, str(cached), hash_prefix=published, progress=False)
+        except Exception as e:  # noqa: BLE001  (urllib, hash and disk errors alike: the fix is the same)
+            raise DlwtError(f"torchvision weights {name}: could not download ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0][:100] if str(e) else ''}); without internet, download "
+                            f"{weights.url} elsewhere and pass it as --checkpoint") from None
+    state, _ = ckpt_io.load_weights(cached, fix=fix, sha256=published)
     return state, {"weights": f"torchvision:{name}", "published_top1": top1}
 
 
@@ -121,7 +142,9 @@ def evaluate_checkpoint(params: dict, arch: str, rule: str, seed: int, checkpoin
 
 
 def main(args) -> int:
+    from dlwt.atomic import check_target
     from dlwt.params import load
+    check_target(args.out, "file", "--out")  # before the whole evaluation runs, not after it
     params = load(args.params, args.overlay)
     if params["train"]["device"] != "cpu":
         claim_gpus(1)  # evaluation runs on one GPU of its own (before CUDA starts)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 import re
 from importlib import resources
 from pathlib import Path
@@ -76,14 +77,55 @@ def deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
+MAX_DEPTH = 32  # params nest 4 deep; 20,000 nested `[` made the YAML composer (recursive) raise RecursionError
+SEED_RANGE = (0, 2**32 - 1)  # what numpy, scikit-learn and torch all take as a seed
+
+
+class _Refused(yaml.YAMLError):
+    """YAML that is valid but not taken as params (an alias, deep nesting): str is the reason."""
+
+
+class _ParamsLoader(yaml.SafeLoader):
+    """safe_load without aliases and with a nesting cap, checked as the document is composed, before anything
+    is built: 9 anchors of 9 aliases each expand to 9^9 values (190 s and 2.7 GB in jsonschema, then a
+    MemoryError traceback). Anchors alone are harmless; a params file never needs an alias."""
+
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise _Refused(f"line {event.start_mark.line + 1}: YAML alias *{event.anchor} refused (aliases can "
+                           "expand a small file to gigabytes): write the value out instead")
+        self._depth += 1
+        if self._depth > MAX_DEPTH:
+            raise _Refused(f"line {self.peek_event().start_mark.line + 1}: nested more than {MAX_DEPTH} levels "
+                           "deep: params are sections of settings, not deep structures")
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
 def _read(path, flag="--params") -> dict:
     path = Path(path)
+    what = "params" if flag == "--params" else "overlay"
+    if path.is_dir():
+        article = "a params" if flag == "--params" else "an overlay"
+        raise ParamsError(f"{path}: is a folder, not {article} file: pass a YAML file ({flag})")
     if not path.is_file():
         where = "run from the repository root, or pass --params" if flag == "--params" else \
             "check the --overlay (Snakemake: --configfile) path"
-        raise ParamsError(f"{path}: no such {'params' if flag == '--params' else 'overlay'} file ({where})")
+        raise ParamsError(f"{path}: no such {what} file ({where})")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ParamsError(f"{path}: not a text file (byte {e.start} is not UTF-8): pass the YAML {what} file "
+                          f"({flag})") from None
+    try:
+        data = yaml.load(text, Loader=_ParamsLoader) or {}
+    except _Refused as e:
+        raise ParamsError(f"{path}: {e}") from None
     except yaml.YAMLError as e:
         raise ParamsError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(data, dict):
@@ -91,8 +133,34 @@ def _read(path, flag="--params") -> dict:
     return data
 
 
+def _check_values(node, source: str, where: str = "") -> None:
+    """What YAML can say but no setting takes, refused before the schema sees it (jsonschema would let NaN
+    through every bound, sort mixed keys with a TypeError, and torch would overflow on a 70-bit seed):
+    keys that are not text, NaN/inf, integers beyond 64 bits, seeds outside SEED_RANGE."""
+    label = where or "(top level)"
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if not isinstance(key, str):
+                raise ParamsError(f"{source}: {label}: key {key!r} is {type(key).__name__}, not text: every key is "
+                                  f"a setting's name (quote it, \"{key}\", if that was meant)")
+            _check_values(value, source, f"{where}.{key}" if where else key)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            _check_values(value, source, f"{where}[{i}]")
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ParamsError(f"{source}: {label}: {node} is not a value any setting takes: write a finite number")
+    elif isinstance(node, int) and not isinstance(node, bool):
+        name = re.sub(r"\[\d+\]$", "", where).rsplit(".", 1)[-1]
+        if name in ("seed", "seeds") and not SEED_RANGE[0] <= node <= SEED_RANGE[1]:
+            raise ParamsError(f"{source}: {label}: seed {node} is outside {SEED_RANGE[0]}..{SEED_RANGE[1]} (what "
+                              "numpy, scikit-learn and torch all take): choose a seed in that range")
+        if not -2**63 <= node < 2**63:
+            raise ParamsError(f"{source}: {label}: {node} does not fit in 64 bits: write a smaller number")
+
+
 def validate(params: dict, source: str = "params") -> dict:
     """Raise ParamsError naming the first offending key; return params unchanged."""
+    _check_values(params, source)
     error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema()).iter_errors(params))
     if error is None:
         return params
@@ -102,6 +170,9 @@ def validate(params: dict, source: str = "params") -> dict:
         allowed = ", ".join(sorted(error.schema.get("properties", {})))
         raise ParamsError(f"{source}: unknown key {where + '.' if error.absolute_path else ''}{extra[0]} "
                           f"(allowed here: {allowed})")
+    if error.validator == "maxLength":  # the message would repeat the whole value
+        raise ParamsError(f"{source}: {where}: {len(error.instance)} characters, at most {error.validator_value} "
+                          "(it names files and folders): choose a shorter name")
     hint = ""
     if isinstance(error.instance, str) and re.fullmatch(r"[+-]?\d+(\.\d*)?[eE][+-]?\d+", error.instance):
         # YAML 1.1 (PyYAML) reads 5e-5 as a string: a float needs a dot in its mantissa

@@ -29,88 +29,21 @@ mirror_step takes a `generator` so ranks seeded alike draw the same noise.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fnmatch
 import functools
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dlwt.params import defaults as _params_defaults  # noqa: E402  (jsonschema + yaml only: no cycle)
+from dlwt.feedback_autograd import FeedbackConv2dFn, FeedbackLinearFn
 
 RULES = ("bp", "fa", "ss", "wm", "kp")
 # B of these rules is a tensor of W's shape saved in the state dict as "<layer>.feedback"
 STORED_FEEDBACK = ("fa", "wm", "kp")
-
-
-def _autocast(x, weight, bias):
-    """Cast like autocast would cast nn.Conv2d/nn.Linear's inputs (autograd.Function skips it)."""
-    device_type = x.device.type
-    if device_type == "meta" or not torch.is_autocast_enabled(device_type):  # meta has no autocast (FLOP counts)
-        return x, weight, bias
-    dtype = torch.get_autocast_dtype(device_type)
-    return x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)
-
-
-def _feedback_matrix(saved, sign_scale, dtype):
-    """B from what forward saved: B itself, or W for sign symmetry (B = sign(W) * scale)."""
-    if sign_scale is not None:
-        return torch.sign(saved).mul_(sign_scale).to(dtype)
-    return saved.to(dtype)
-
-
-class _FeedbackLinearFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias, feedback, sign_scale):
-        x, weight, bias = _autocast(x, weight, bias)
-        ctx.save_for_backward(x, weight if feedback is None else feedback)
-        ctx.sign_scale = sign_scale
-        ctx.has_bias = bias is not None
-        return F.linear(x, weight, bias)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        x, saved = ctx.saved_tensors
-        grad_x = grad_w = grad_b = grad_fb = None
-        if ctx.needs_input_grad[0]:
-            grad_x = grad_out @ _feedback_matrix(saved, ctx.sign_scale, grad_out.dtype)
-        g2 = grad_out.reshape(-1, grad_out.shape[-1])
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[3]:
-            grad_w = g2.t() @ x.reshape(-1, x.shape[-1]).to(g2.dtype)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = g2.sum(0)
-        if ctx.needs_input_grad[3]:  # kp: B gets exactly W's gradient (its own copy)
-            grad_fb = grad_w.clone()
-        return grad_x, grad_w, grad_b, grad_fb, None
-
-
-class _FeedbackConv2dFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias, feedback, sign_scale, stride, padding, dilation, groups):
-        x, weight, bias = _autocast(x, weight, bias)
-        ctx.save_for_backward(x, weight if feedback is None else feedback)
-        ctx.sign_scale = sign_scale
-        ctx.conf = (stride, padding, dilation, groups)
-        ctx.bias_sizes = None if bias is None else [bias.shape[0]]
-        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        x, saved = ctx.saved_tensors
-        stride, padding, dilation, groups = ctx.conf
-        need_fb = ctx.needs_input_grad[3]
-        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1] or need_fb,
-                ctx.bias_sizes is not None and ctx.needs_input_grad[2]]
-        feedback = _feedback_matrix(saved, ctx.sign_scale, grad_out.dtype)
-        # grad_weight of a convolution never reads the weight, so B in the weight slot gives the rule's
-        # input gradient and the true weight gradient in one call.
-        grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
-            grad_out, x.to(grad_out.dtype), feedback, ctx.bias_sizes, stride, padding, dilation,
-            False, [0, 0], groups, mask)
-        grad_fb = grad_w.clone() if need_fb else None
-        return (grad_x, grad_w if ctx.needs_input_grad[1] else None, grad_b, grad_fb,
-                None, None, None, None, None)
 
 
 class _FeedbackLayer:
@@ -169,7 +102,7 @@ class FeedbackLinear(_FeedbackLayer, nn.Linear):
     def forward(self, x):
         if self.use_backprop:
             return F.linear(x, self.weight, self.bias)
-        return _FeedbackLinearFn.apply(x, self.weight, self.bias, *self._feedback_args())
+        return FeedbackLinearFn.apply(x, self.weight, self.bias, *self._feedback_args())
 
 
 class FeedbackConv2d(_FeedbackLayer, nn.Conv2d):
@@ -191,7 +124,7 @@ class FeedbackConv2d(_FeedbackLayer, nn.Conv2d):
             mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
             x = F.pad(x, self._reversed_padding_repeated_twice, mode=mode)
             padding = (0, 0)
-        return _FeedbackConv2dFn.apply(x, weight, bias, *self._feedback_args(), list(self.stride),
+        return FeedbackConv2dFn.apply(x, weight, bias, *self._feedback_args(), list(self.stride),
                                        list(padding), list(self.dilation), self.groups)
 
 
@@ -216,6 +149,45 @@ def _new_layer(old: nn.Module, rule: str, scale=None, generator=None) -> nn.Modu
     return new
 
 
+# Weight layers convert leaves as they are (they learn by ordinary backprop), each with the reason. Norm layers
+# (1-D weights) and Embedding (a lookup: there is no input to send an error to) are not weight layers here.
+_NOT_CONVERTED = {
+    (nn.Conv1d, nn.Conv3d): "convert supports nn.Conv2d and nn.Linear only",
+    (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d): "transposed convs are not supported",
+    (nn.Bilinear,): "convert supports nn.Conv2d and nn.Linear only",
+    (nn.MultiheadAttention,): "its projections run inside F.multi_head_attention_forward, not through Linear layers",
+    (nn.RNNBase, nn.RNNCellBase): "recurrent layers are not supported",
+}
+
+
+@dataclasses.dataclass
+class Conversion:
+    """What convert() did, kept as `model.dlwt_conversion`: the layers now on `rule`, and every weight layer left
+    to learn by backprop with the reason (excluded, or a type the rules do not cover)."""
+
+    rule: str
+    converted: list = dataclasses.field(default_factory=list)
+    left: dict = dataclasses.field(default_factory=dict)
+
+
+def _why_not(full: str, module: nn.Module, parent: nn.Module, exclude) -> str | None:
+    """Why convert leaves `module` alone (None: it converts it, or it is no weight layer)."""
+    kind = type(module).__name__
+    if isinstance(module, (nn.Conv2d, nn.Linear)):
+        pat = next((p for p in exclude if fnmatch.fnmatchcase(full, p)), None)
+        if pat is not None:
+            return f"excluded ({pat!r})"
+        if isinstance(parent, nn.MultiheadAttention):
+            return "MultiheadAttention uses out_proj.weight directly (F.multi_head_attention_forward), not its forward"
+        if type(module) not in (nn.Conv2d, nn.Linear, *FEEDBACK_TYPES):
+            return f"{kind}: a subclass of nn.{type(module).__mro__[1].__name__} whose forward convert does not know"
+        return None
+    for types, why in _NOT_CONVERTED.items():
+        if isinstance(module, types):
+            return f"{kind}: {why}"
+    return None
+
+
 def convert(model: nn.Module, rule: str, *, exclude=(), scale: float | None = None, generator=None):
     """Make every nn.Conv2d and nn.Linear of `model` learn by `rule`, in place; returns the model.
 
@@ -223,20 +195,36 @@ def convert(model: nn.Module, rule: str, *, exclude=(), scale: float | None = No
     they are (e.g. ["fc"] keeps the classifier as it is). `scale`: ss's fixed magnitude (default: each
     layer's W std at conversion). `generator`: a torch.Generator for B's draw. `rule="bp"` turns Feedback
     layers back into plain torch layers. A bare Conv2d/Linear is returned converted (it has no parent).
+
+    Supported: exactly nn.Conv2d (any padding mode, stride, dilation, groups) and nn.Linear. Left to learn by
+    backprop, with one warning per call: Conv1d/Conv3d, transposed convs, Bilinear, RNNs, MultiheadAttention
+    (its out_proj too: its weight is used directly) and unknown subclasses of Conv2d/Linear.
+    `model.dlwt_conversion` (a Conversion) lists the converted layers and those left, each with the reason.
+
+    Convert BEFORE building the optimiser: kp's B is a new Parameter, and an optimiser built earlier does
+    not hold it (B would never train); fa/wm/ss need no optimiser state, but convert first all the same.
     """
     if rule not in RULES:
         raise ValueError(f"unknown learning rule {rule!r}: expected one of {', '.join(RULES)}")
     if isinstance(model, (nn.Conv2d, nn.Linear)):
         return _new_layer(model, rule, scale, generator)
+    report = Conversion(rule)
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
             full = f"{name}.{child_name}" if name else child_name
-            if not isinstance(child, (nn.Conv2d, nn.Linear)) or type(child) not in (
-                    nn.Conv2d, nn.Linear, *FEEDBACK_TYPES):
-                continue  # subclasses we do not know (e.g. quantised layers) are left alone
-            if any(fnmatch.fnmatchcase(full, pat) for pat in exclude):
-                continue
-            setattr(module, child_name, _new_layer(child, rule, scale, generator))
+            why = _why_not(full, child, module, exclude)
+            if why is not None:
+                report.left[full] = why
+            elif isinstance(child, (nn.Conv2d, nn.Linear)):
+                setattr(module, child_name, _new_layer(child, rule, scale, generator))
+                report.converted.append(full)
+    unsupported = {n: w for n, w in report.left.items() if not w.startswith("excluded")}
+    if unsupported and rule != "bp":
+        listed = "; ".join(f"{n} ({w})" for n, w in list(unsupported.items())[:3])
+        warnings.warn(f"dlwt.convert: {len(unsupported)} weight layer(s) still learn by backprop, not {rule}: "
+                      f"{listed}{'; ...' if len(unsupported) > 3 else ''} (all: model.dlwt_conversion.left)",
+                      stacklevel=2)
+    model.dlwt_conversion = report
     return model
 
 
@@ -329,9 +317,10 @@ def gradient_alignment(model: nn.Module, inputs, targets, loss_fn=F.cross_entrop
 # pipeline's defaults (batch 16 x 8 x 8 = 1024 samples): ~6 degrees for a 512-channel 3x3 conv (fan_in 4608).
 # Halving weight_decay (and lr) or doubling batch_size shrinks the angle by sqrt(2); the first makes B track
 # W more slowly (over ~1/weight_decay steps: a warm-up of ~1000 steps from random B), the second costs more
-# per step (BENCHMARKS.md). The library's defaults are the pipeline's: params_schema.yaml declares them once.
-MIRROR_DEFAULTS = {k: v for k, v in _params_defaults("mirror").items()
-                   if k in ("noise_std", "lr", "weight_decay", "batch_size", "size")}
+# per step (BENCHMARKS.md). These are the library's own (a user's `import dlwt` needs neither the pipeline's
+# schema nor jsonschema/pyyaml); the pipeline's mirror.* defaults in params_schema.yaml are the same values
+# (tests/test_library.py holds them equal).
+MIRROR_DEFAULTS = {"noise_std": 1.0, "lr": 0.005, "weight_decay": 0.005, "batch_size": 16, "size": 8}
 
 
 def mirror_samples(m: nn.Module, batch_size: int, size: int) -> int:
@@ -372,19 +361,26 @@ def _mirror_layer(m, noise_std, lr, weight_decay, batch_size, size, generator):
         fb.mul_(1 - weight_decay).add_(corr, alpha=lr / n)
         return
     if isinstance(m.padding, str) or m.padding_mode != "zeros":
-        raise ValueError(f"mirror_step supports integer zero padding only, not {m.padding!r}/{m.padding_mode}")
-    # an input of size * stride px gives size x size output positions for ResNets' strided convs (3x3/p1,
-    # 1x1/p0, 7x7/p3), so a stride-2 layer gets as many samples as a stride-1 one
-    hw = tuple(max(size * s, d * (k - 1) + 1) for k, d, s in zip(m.kernel_size, m.dilation, m.stride))
+        # reflect/replicate/circular or 'same': padded values would repeat real noise samples, and
+        # E[y x^T] = noise_var * W needs independent ones. The estimate of W does not depend on the padding,
+        # so run the noise unpadded, on a map just big enough for size x size output positions: every tap
+        # then sees a real input at every position (its count is all positions).
+        padding = (0, 0)
+        hw = tuple((size - 1) * s + d * (k - 1) + 1 for k, d, s in zip(m.kernel_size, m.dilation, m.stride))
+    else:
+        # an input of size * stride px gives size x size output positions for ResNets' strided convs (3x3/p1,
+        # 1x1/p0, 7x7/p3), so a stride-2 layer gets as many samples as a stride-1 one
+        padding = tuple(m.padding)
+        hw = tuple(max(size * s, d * (k - 1) + 1) for k, d, s in zip(m.kernel_size, m.dilation, m.stride))
     x = torch.randn(batch_size, m.in_channels, *hw, **opts).mul_(noise_std)
     if w.is_contiguous(memory_format=torch.channels_last):
         x = x.contiguous(memory_format=torch.channels_last)
-    y = F.conv2d(x, w, None, m.stride, m.padding, m.dilation, m.groups)
+    y = F.conv2d(x, w, None, m.stride, padding, m.dilation, m.groups)
     # weight-gradient correlation of x and y (grad_weight of the conv at grad_output = y)
     _, corr, _ = torch.ops.aten.convolution_backward(
-        y, x, w, None, list(m.stride), list(m.padding), list(m.dilation), False, [0, 0], m.groups,
+        y, x, w, None, list(m.stride), list(padding), list(m.dilation), False, [0, 0], m.groups,
         [False, True, False])
-    counts = _valid_tap_counts(m.kernel_size, m.stride, m.padding, m.dilation, hw, w.device)
+    counts = _valid_tap_counts(m.kernel_size, m.stride, padding, m.dilation, hw, w.device)
     fb.mul_(1 - weight_decay).addcdiv_(corr, counts.to(w.dtype), value=lr / batch_size)
 
 

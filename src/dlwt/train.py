@@ -283,8 +283,10 @@ def _mirror_every(model, mcfg, generator, kwargs):
 
 
 def main(args) -> int:
+    from dlwt.atomic import check_target
     from dlwt.params import load
 
+    check_target(args.out, "folder", "--out")  # a file there: one line now, not a traceback after set-up
     params = load(args.params, args.overlay)
     tcfg = params["train"]
     if "WORLD_SIZE" not in os.environ and tcfg["device"] != "cpu":

@@ -195,7 +195,7 @@ class _Folder(torch.utils.data.Dataset):
         # torchvision's random transforms draw from the global torch RNG: seed it for this image alone
         # (fork_rng restores the caller's state, so the main process's RNG is untouched with 0 workers)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((self.seed * 1000003 + self.epoch) * 10000019 + i)
+            torch.manual_seed(((self.seed * 1000003 + self.epoch) * 10000019 + i) % 2**64)  # big seeds: no overflow
             return self.transform(img), label, None
 
 
@@ -254,8 +254,13 @@ def make_loader(split, cfg=None, device="cpu", rank=0, world=1):
         with open(f"{path}.json") as f:
             info = json.load(f)
         loader, decoder = ffcv_loader(path, split, os_cache=c["os_cache"], **common)
-        return Batches(loader, device=device, num_images=info["images"], classes=classes, decoder=decoder,
-                       skipped=[s["file"] for s in info["skipped_corrupt"]])
-    loader, order, ds, n = torchvision_loader(images, split, **common)
-    return Batches(loader, device=device, num_images=n, classes=classes, on_corrupt=c["on_corrupt"], order=order,
-                   dataset=ds, full_batches=len(loader))
+        batches = Batches(loader, device=device, num_images=info["images"], classes=classes, decoder=decoder,
+                          skipped=[s["file"] for s in info["skipped_corrupt"]])
+    else:
+        loader, order, ds, n = torchvision_loader(images, split, **common)
+        batches = Batches(loader, device=device, num_images=n, classes=classes, on_corrupt=c["on_corrupt"],
+                          order=order, dataset=ds, full_batches=len(loader))
+    if split == "train" and len(batches) == 0:  # training drops the last partial batch: none would be left
+        raise DataError(f"data.batch_size {c['batch_size']}{f' x {world} GPUs' if world > 1 else ''} is larger than "
+                        f"the {batches.num_images} training images of {c['dataset']}: lower data.batch_size")
+    return batches
