@@ -136,6 +136,9 @@ class Batches:
 def ffcv_loader(path, split, *, batch_size, num_workers, res, crop_ratio, device, rank=0, world=1, seed=0,
                 os_cache=True, crop_scale=(0.08, 1.0), flip=True):
     """(FFCV Loader over a .beton with ffcv-imagenet's decoders, the train decoder or None); uint8 batches."""
+    from dlwt.data.ffcv_io import use_safe_numba_layer
+
+    use_safe_numba_layer()
     from ffcv.fields.basics import IntDecoder
     from ffcv.fields.rgb_image import CenterCropRGBImageDecoder, RandomResizedCropRGBImageDecoder
     from ffcv.loader import Loader, OrderOption
