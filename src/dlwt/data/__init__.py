@@ -47,3 +47,17 @@ def ffcv_dir(root, dataset):
     import os
 
     return os.path.join(dataset_dir(root, dataset), "ffcv")
+
+
+def real_path(path):
+    """`path` with every symlink resolved; a symlink loop on the way is one line naming it (os.path.realpath
+    returns a loop unresolved, and pathlib's resolve raises RuntimeError)."""
+    import errno
+    import os
+
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise DataError(f"symlink loop at {path}: fix or remove that link") from None
+    return os.path.realpath(path)

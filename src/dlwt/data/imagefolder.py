@@ -6,7 +6,6 @@ Class index = position of the folder name in sorted order (torchvision's ImageFo
     dlwt extract --dataset mine --source imagefolder --imagefolder /path/to/tree --root data
 """
 
-import errno
 import hashlib
 import io
 import json
@@ -15,7 +14,7 @@ import re
 from multiprocessing import Pool
 
 from dlwt.atomic import remove_stale_temps, staged_dir, write_json_atomic
-from dlwt.data import DataError, dataset_dir, images_dir
+from dlwt.data import DataError, dataset_dir, images_dir, real_path
 from dlwt.devices import workers as allowed_workers
 from dlwt.progress import progress
 
@@ -43,11 +42,20 @@ def write_classes(images, wnids, names=None):
 
 
 def read_classes(images):
+    """classes.json as written by write_classes; missing, truncated or malformed is one line."""
     path = os.path.join(images, "classes.json")
     if not os.path.exists(path):
         raise DataError(f"{path} is missing: run `dlwt extract` first")
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            classes = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:  # a truncated or foreign file (JSONDecodeError is a ValueError)
+        raise DataError(f"{path}: not a readable classes list ({e}); rerun `dlwt extract` to write it again") \
+            from None
+    if not isinstance(classes, list) or not classes or \
+            not all(isinstance(c, dict) and isinstance(c.get("wnid"), str) for c in classes):
+        raise DataError(f"{path}: expected a list of {{index, wnid, name}}; rerun `dlwt extract` to write it again")
+    return classes
 
 
 def scan(images, split):
@@ -138,17 +146,6 @@ def verify(images, samples, on_corrupt="skip", num_workers=1, desc="verify"):
         if workers > 1:
             pool.terminate()
     return good, bad, h.hexdigest()
-
-
-def real_path(path):
-    """`path` with every symlink resolved; a symlink loop on the way is one line naming it (realpath alone
-    returns a loop unresolved, without an error)."""
-    try:
-        os.stat(path)
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise DataError(f"symlink loop at {path}: fix or remove that link") from None
-    return os.path.realpath(path)
 
 
 def check_apart(src, out):

@@ -12,7 +12,7 @@ import json
 import os
 
 from dlwt.atomic import check_inside, os_errors, write_json_atomic
-from dlwt.data import DataError, acquired_path, dataset_dir
+from dlwt.data import DataError, acquired_path, dataset_dir, real_path
 from dlwt.data.config import resolve as _resolve_cfg
 from dlwt.params import choices
 
@@ -22,6 +22,7 @@ def resolve(cfg=None):
     c = _resolve_cfg(cfg)
     # data.dataset: one plain folder name, and data/<dataset> (followed through symlinks) inside data.root,
     # since the stages write and replace folders there
+    real_path(dataset_dir(c["root"], c["dataset"]))  # a loop there is one line (check_inside would raise)
     check_inside(dataset_dir(c["root"], c["dataset"]), c["root"], "data.dataset")
     return c
 
