@@ -140,3 +140,12 @@ def write_cifar(source, directory, root, dataset, checksums=None):
         write_json_atomic(os.path.join(tmp, "split.json"),
                           {"source": source, "train": "train batches", "val": "test batch"})
     return out
+
+
+def acquire_source(c):
+    """sources cifar10 / cifar100 (dlwt.data.sources): the archive in data.cifar.dir (default data.raw_dir)."""
+    return acquire(c["source"], c["cifar"]["dir"] or c["raw_dir"], c["cifar"]["download"])
+
+
+def extract_source(c):
+    return write_cifar(c["source"], c["cifar"]["dir"] or c["raw_dir"], c["root"], c["dataset"])

@@ -55,3 +55,14 @@ def write_digits(root, dataset="digits", size=32, val_fraction=0.2, seed=0, form
             {"seed": seed, "val_fraction": val_fraction, "train": train.tolist(), "val": val.tolist()},
         )
     return out
+
+
+def acquire_source(c):
+    """source digits (dlwt.data.sources): bundled with scikit-learn, nothing to fetch."""
+    import sklearn.datasets  # noqa: F401
+
+    return {}
+
+
+def extract_source(c):
+    return write_digits(c["root"], c["dataset"], **c["digits"])

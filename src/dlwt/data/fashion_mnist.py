@@ -112,3 +112,12 @@ def write_fashion_mnist(root, dataset="fashion-mnist", dir=None, train_per_class
         write_json_atomic(os.path.join(tmp, "split.json"), {"train_per_class": train_per_class,
                                                             "val_per_class": val_per_class, **kept})
     return out
+
+
+def acquire_source(c):
+    """source fashion-mnist (dlwt.data.sources): the four idx files found and MD5-checked."""
+    return find(c["fashion_mnist"]["dir"])
+
+
+def extract_source(c):
+    return write_fashion_mnist(c["root"], c["dataset"], **c["fashion_mnist"])

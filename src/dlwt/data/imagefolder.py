@@ -199,3 +199,16 @@ def link_tree(src, root, dataset):
             os.symlink(os.path.join(src, split), os.path.join(tmp, split))
         write_classes(tmp, classes)
     return images_dir(root, dataset)
+
+
+def acquire_source(c):
+    """source imagefolder (dlwt.data.sources): the user's tree must be a folder (extract checks the rest)."""
+    if not c["imagefolder"] or not os.path.isdir(c["imagefolder"]):
+        raise DataError(
+            f"data.imagefolder={c['imagefolder']!r} is not a folder: give a tree with train/ and val/"
+        )
+    return {"imagefolder": c["imagefolder"]}
+
+
+def extract_source(c):
+    return link_tree(c["imagefolder"], c["root"], c["dataset"])

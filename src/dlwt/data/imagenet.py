@@ -336,3 +336,13 @@ def extract(raw_dir, root, dataset, checksums=None):
             },
         )
     return out
+
+
+def acquire_source(c):
+    """source imagenet (dlwt.data.sources): the three archives in data.raw_dir, md5-checked (or downloaded)."""
+    return acquire(c["raw_dir"], urls=c["urls"])
+
+
+def extract_source(c):
+    """source imagenet: the official md5s only (an MD5SUMS.json beside real archives is not trusted)."""
+    return extract(c["raw_dir"], c["root"], c["dataset"], checksums={})

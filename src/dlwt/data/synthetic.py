@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from dlwt.atomic import atomic_write, remove_stale_temps, staged_file, write_json_atomic
-from dlwt.data.imagenet import ARCHIVES, GROUND_TRUTH, META, md5sum
+from dlwt.data.imagenet import ARCHIVES, GROUND_TRUTH, META, acquire, extract, md5sum
 
 FIELDS = (
     "ILSVRC2012_ID",
@@ -155,3 +155,18 @@ def write_archives(raw_dir, classes=3, train_per_class=4, val_per_class=2, size=
     write_json_atomic(os.path.join(raw_dir, "labels.json"), record)
     write_json_atomic(os.path.join(raw_dir, "MD5SUMS.json"), {r: md5sum(p) for r, p in paths.items()})
     return record
+
+
+def acquire_source(c):
+    """source synthetic (dlwt.data.sources): write the archives, then check them as imagenet's are, against
+    the MD5SUMS.json written beside them."""
+    import json
+
+    write_archives(c["raw_dir"], **c["synthetic"])
+    with open(os.path.join(c["raw_dir"], "MD5SUMS.json")) as f:
+        return acquire(c["raw_dir"], checksums=json.load(f))
+
+
+def extract_source(c):
+    """source synthetic: imagenet's extract, checked against MD5SUMS.json (checksums=None)."""
+    return extract(c["raw_dir"], c["root"], c["dataset"], checksums=None)
