@@ -236,3 +236,31 @@ def check_inside(path, root, what: str) -> Path:
         raise DlwtError(f"{what}: {path} resolves to {p}, outside {r}; refusing to write or remove there: "
                         "make it a real folder inside, or move the whole root")
     return p
+
+
+def publish(tmp, final) -> None:
+    """Rename the finished file `tmp` (written by someone else: FFCV's writer, a resumable download) to
+    `final`, durably: its bytes flushed first, then the rename, then the folder. The counterpart of
+    replace_dir for files that dlwt does not write itself through atomic_write."""
+    with os_errors(final):
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, final)
+        _fsync_dir(Path(final).parent)
+
+
+@contextmanager
+def staged_file(final):
+    """Yield the temp path beside `final` for a writer that wants a file name (FFCV's DatasetWriter, tarfile);
+    publish it as `final` when the block ends without error; on any error the temp file is removed."""
+    tmp = temp_path(final)
+    with os_errors(final):
+        Path(final).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        yield tmp
+        publish(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -7,7 +7,11 @@
     from dlwt.data.loaders import make_loader
     for images, labels in make_loader("train", cfg, device, distributed=False): ...
 
-FFCV is imported only by ffcv_io.py and the FFCV branch of loaders.py, so everything else works without it.
+    from dlwt.data import source, source_names   # the registry of data sources (dlwt.data.sources)
+    source(params["data"]["source"]).acquire_keys  # the params its acquire reads; .classes(params["data"])
+
+FFCV is imported only by ffcv_io.py, ffcv_writer.py and the FFCV branch of loaders.py, so everything else
+works without it.
 """
 
 
@@ -47,3 +51,34 @@ def ffcv_dir(root, dataset):
     import os
 
     return os.path.join(dataset_dir(root, dataset), "ffcv")
+
+
+def real_path(path):
+    """`path` with every symlink resolved; a symlink loop on the way is one line naming it (os.path.realpath
+    returns a loop unresolved, and pathlib's resolve raises RuntimeError)."""
+    import errno
+    import os
+
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise DataError(f"symlink loop at {path}: fix or remove that link") from None
+    return os.path.realpath(path)
+
+
+def source(name):
+    """The registry entry of data.source `name` (dlwt.data.sources.Source: its hooks, the params keys its
+    acquire/extract read, its class count); DataError for a name that is not one."""
+    from dlwt.data.sources import SOURCES
+
+    if name not in SOURCES:
+        raise DataError(f"data.source={name!r}; expected one of {sorted(SOURCES)}")
+    return SOURCES[name]
+
+
+def source_names():
+    """Every data.source value, in the registry's order."""
+    from dlwt.data.sources import SOURCES
+
+    return tuple(SOURCES)

@@ -14,14 +14,17 @@ label), their names in classes.json.
 import hashlib
 import os
 import pickle
-import shutil
 import tarfile
+import urllib.error
+import zlib
 
 import numpy as np
 from PIL import Image
 
-from dlwt.data import DataError, images_dir
-from dlwt.data.imagefolder import _replace_dir, write_classes, write_json
+from dlwt.atomic import remove_stale_temps, staged_dir, write_json_atomic
+from dlwt.data import DataError, dataset_dir, images_dir
+from dlwt.data.imagefolder import write_classes
+from dlwt.progress import progress
 
 
 def spec(source):
@@ -60,25 +63,45 @@ def acquire(source, directory, download=False, checksums=None):
     first fetching) the archive; `checksums` ({file: md5}, archive included) replaces torchvision's in tests."""
     s = spec(source)
     folder, archive = os.path.join(directory, s["folder"]), os.path.join(directory, s["archive"])
+    remove_stale_temps(directory)  # the unpack folder of a killed acquire (best effort: may be read-only)
     if not os.path.isdir(folder):
         if not os.path.isfile(archive):
             if not download:
                 raise DataError(f"{archive} not found: set data.cifar.download: true to fetch it (needs the "
                                 f"internet), or put {s['archive']} from {s['url']} in data.cifar.dir")
-            from torchvision.datasets.utils import download_url
-
-            download_url(s["url"], directory, s["archive"], s["archive_md5"])  # MD5-checked
+            _download(s, directory)
         want = (checksums or {}).get(s["archive"], s["archive_md5"])
         if _md5(archive) != want:
             raise DataError(f"{archive}: MD5 {_md5(archive)}, expected {want}: delete it and fetch it again")
-        tmp = f"{folder}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        with tarfile.open(archive, "r:gz") as tar:
-            tar.extractall(tmp, filter="data")  # "data": no absolute paths, links or members outside tmp
-        _replace_dir(os.path.join(tmp, s["folder"]), folder)
-        shutil.rmtree(tmp, ignore_errors=True)
+        with staged_dir(folder) as tmp:
+            try:
+                with tarfile.open(archive, "r:gz") as tar:
+                    tar.extractall(tmp, filter="data")  # "data": no absolute paths, links or members outside
+            except (tarfile.TarError, EOFError, zlib.error) as e:
+                raise DataError(f"{archive}: unreadable archive ({type(e).__name__}: {e}); delete it and "
+                                "fetch it again") from None
+            inner = os.path.join(tmp, s["folder"])  # the archive holds one folder: its files become `folder`
+            if not os.path.isdir(inner):
+                raise DataError(f"{archive} has no {s['folder']}/ folder: not the {source} python archive")
+            for e in os.scandir(inner):
+                os.replace(e.path, os.path.join(tmp, e.name))
+            os.rmdir(inner)
     _check_batches(folder, s, checksums)
     return {"batches": folder}
+
+
+def _download(s, directory):
+    """torchvision's MD5-checked download of the archive; offline or a bad URL is one line."""
+    from torchvision.datasets.utils import download_url
+
+    try:
+        download_url(s["url"], directory, s["archive"], s["archive_md5"])
+    except (urllib.error.URLError, ConnectionError, TimeoutError) as e:  # offline, DNS, reset, stalled
+        raise DataError(f"{s['url']}: download failed ({getattr(e, 'reason', e)}); check the network, or "
+                        f"put {s['archive']} in {directory} yourself and set data.cifar.download: false") from None
+    except RuntimeError as e:  # torchvision: "File not found or corrupted." (MD5 mismatch)
+        raise DataError(f"{s['url']}: {e}: delete {os.path.join(directory, s['archive'])} and "
+                        "rerun") from None
 
 
 def _load(path):
@@ -105,18 +128,24 @@ def write_cifar(source, directory, root, dataset, checksums=None):
     width = len(str(len(names) - 1))
     dirs = [f"{i:0{width}d}" for i in range(len(names))]
     out = images_dir(root, dataset)
-    tmp = f"{out}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    remove_stale_temps(dataset_dir(root, dataset))  # images.tmp-/images.old- of a killed extract
+    with staged_dir(out) as tmp:
         for split, part in (("train", "train"), ("val", "test")):
             images, labels = read_split(folder, source, part)
             for d in dirs:
                 os.makedirs(os.path.join(tmp, split, d), exist_ok=True)
-            for i, (img, y) in enumerate(zip(images, labels)):
-                Image.fromarray(img).save(os.path.join(tmp, split, dirs[y], f"{i:05d}.png"))
+            for i in progress(range(len(images)), total=len(images), desc=f"{source} {split}"):
+                Image.fromarray(images[i]).save(os.path.join(tmp, split, dirs[labels[i]], f"{i:05d}.png"))
         write_classes(tmp, dirs, dict(zip(dirs, names)))
-        write_json(os.path.join(tmp, "split.json"), {"source": source, "train": "train batches", "val": "test batch"})
-        _replace_dir(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        write_json_atomic(os.path.join(tmp, "split.json"),
+                          {"source": source, "train": "train batches", "val": "test batch"})
     return out
+
+
+def acquire_source(c):
+    """sources cifar10 / cifar100 (dlwt.data.sources): the archive in data.cifar.dir (default data.raw_dir)."""
+    return acquire(c["source"], c["cifar"]["dir"] or c["raw_dir"], c["cifar"]["download"])
+
+
+def extract_source(c):
+    return write_cifar(c["source"], c["cifar"]["dir"] or c["raw_dir"], c["root"], c["dataset"])

@@ -9,13 +9,14 @@ split.json. Use it to show the loop learns; it is too easy to rank learning rule
 """
 
 import os
-import shutil
 
 import numpy as np
 from PIL import Image
 
-from dlwt.data import DataError, images_dir
-from dlwt.data.imagefolder import _replace_dir, write_classes, write_json
+from dlwt.atomic import remove_stale_temps, staged_dir, write_json_atomic
+from dlwt.data import DataError, dataset_dir, images_dir
+from dlwt.data.imagefolder import write_classes
+from dlwt.progress import progress
 
 
 def split_indices(n_val_fraction, seed, labels):
@@ -39,22 +40,29 @@ def write_digits(root, dataset="digits", size=32, val_fraction=0.2, seed=0, form
     pixels = np.round(d.images * (255 / 16)).astype(np.uint8)  # digits are 0..16
     train, val = split_indices(val_fraction, seed, d.target)
     out = images_dir(root, dataset)
-    tmp = f"{out}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    remove_stale_temps(dataset_dir(root, dataset))  # images.tmp-/images.old- of a killed extract
+    ext = "png" if format == "png" else "JPEG"
+    with staged_dir(out) as tmp:
         for split, idx in (("train", train), ("val", val)):
             for c in range(10):
                 os.makedirs(os.path.join(tmp, split, str(c)), exist_ok=True)
-            for i in idx:
+            for i in progress(idx, total=len(idx), desc=f"digits {split}"):
                 img = Image.fromarray(pixels[i]).resize((size, size), Image.NEAREST).convert("RGB")
-                ext = "png" if format == "png" else "JPEG"
                 img.save(os.path.join(tmp, split, str(d.target[i]), f"{i:04d}.{ext}"), quality=95)
         write_classes(tmp, [str(c) for c in range(10)], {str(c): f"digit {c}" for c in range(10)})
-        write_json(
+        write_json_atomic(
             os.path.join(tmp, "split.json"),
             {"seed": seed, "val_fraction": val_fraction, "train": train.tolist(), "val": val.tolist()},
         )
-        _replace_dir(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def acquire_source(c):
+    """source digits (dlwt.data.sources): bundled with scikit-learn, nothing to fetch."""
+    import sklearn.datasets  # noqa: F401
+
+    return {}
+
+
+def extract_source(c):
+    return write_digits(c["root"], c["dataset"], **c["digits"])

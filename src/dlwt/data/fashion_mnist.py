@@ -16,13 +16,15 @@ Images are stored as PNG repeated to RGB, so the ImageNet code path (3 channels)
 import gzip
 import hashlib
 import os
-import shutil
+import zlib
 
 import numpy as np
 from PIL import Image
 
-from dlwt.data import DataError, images_dir
-from dlwt.data.imagefolder import _replace_dir, write_classes, write_json
+from dlwt.atomic import remove_stale_temps, staged_dir, write_json_atomic
+from dlwt.data import DataError, dataset_dir, images_dir
+from dlwt.data.imagefolder import write_classes
+from dlwt.progress import progress
 
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"  # where Debian's dataset-fashion-mnist installs them
 # decompressed MD5 of each idx file (github.com/zalandoresearch/fashion-mnist, README "Get the Data")
@@ -41,9 +43,14 @@ HOW = ("install it with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu),
 
 
 def _read(path):
+    """The file's bytes, decompressed if .gz; a damaged one (a bad byte makes zlib.error, a cut one EOFError,
+    a bad CRC gzip.BadGzipFile) is one line naming it."""
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        return f.read()
+    try:
+        with opener(path, "rb") as f:
+            return f.read()
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"{path}: unreadable ({type(e).__name__}: {e}); replace it: {HOW}") from None
 
 
 def find(directory=None, checksums=None):
@@ -57,10 +64,7 @@ def find(directory=None, checksums=None):
                      if os.path.isfile(p)), None)
         if path is None:
             raise DataError(f"Fashion-MNIST file {os.path.join(directory, name)}[.gz] is missing: {HOW}")
-        try:
-            got = hashlib.md5(_read(path)).hexdigest()
-        except (OSError, EOFError) as e:
-            raise DataError(f"{path}: unreadable ({e}); replace it: {HOW}") from None
+        got = hashlib.md5(_read(path)).hexdigest()
         if got != md5:
             raise DataError(f"{path}: decompressed MD5 {got}, expected {md5} (a corrupt or different file); "
                             f"replace it: {HOW}")
@@ -91,10 +95,9 @@ def write_fashion_mnist(root, dataset="fashion-mnist", dir=None, train_per_class
     """Write data/<dataset>/images/{train,val}/<0..9>/<index>.png, classes.json and split.json."""
     files = find(dir, checksums)
     out = images_dir(root, dataset)
-    tmp = f"{out}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    remove_stale_temps(dataset_dir(root, dataset))  # images.tmp-/images.old- of a killed extract
     kept = {}
-    try:
+    with staged_dir(out) as tmp:
         for split, prefix in SPLITS.items():
             images = read_idx(files[f"{prefix}-images-idx3-ubyte"])
             labels = read_idx(files[f"{prefix}-labels-idx1-ubyte"])
@@ -102,13 +105,19 @@ def write_fashion_mnist(root, dataset="fashion-mnist", dir=None, train_per_class
             kept[split] = idx.tolist()
             for c in range(len(CLASSES)):
                 os.makedirs(os.path.join(tmp, split, str(c)), exist_ok=True)
-            for i in idx:
+            for i in progress(idx, total=len(idx), desc=f"fashion-mnist {split}"):
                 Image.fromarray(images[i]).convert("RGB").save(
                     os.path.join(tmp, split, str(labels[i]), f"{i:05d}.png"))
         write_classes(tmp, [str(c) for c in range(len(CLASSES))], {str(c): n for c, n in enumerate(CLASSES)})
-        write_json(os.path.join(tmp, "split.json"), {"train_per_class": train_per_class,
-                                                     "val_per_class": val_per_class, **kept})
-        _replace_dir(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        write_json_atomic(os.path.join(tmp, "split.json"), {"train_per_class": train_per_class,
+                                                            "val_per_class": val_per_class, **kept})
     return out
+
+
+def acquire_source(c):
+    """source fashion-mnist (dlwt.data.sources): the four idx files found and MD5-checked."""
+    return find(c["fashion_mnist"]["dir"])
+
+
+def extract_source(c):
+    return write_fashion_mnist(c["root"], c["dataset"], **c["fashion_mnist"])

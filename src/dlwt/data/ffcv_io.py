@@ -4,8 +4,9 @@
         --compress-probability 0.5 --write-mode proportion --num-workers 16
 
 Every image is decoded once first (imagefolder.verify): a corrupt JPEG is skipped and counted, or stops
-the run, as data.on_corrupt says. (It must not reach FFCV's writer: a worker that raises there leaves the
-parent waiting forever.) The .beton is written under a temporary name and renamed when complete; the
+the run, as data.on_corrupt says. FFCV's writer runs supervised (ffcv_writer.Writer): a worker that dies
+(full disk, OOM killer) stops the run with one line. The .beton is written under a temporary name
+(atomic.staged_file) and renamed when complete; the
 sidecar (counts per class, file size, sha256 of the inputs, settings) is written last, and the stale pair
 removed first, so a beton is finished exactly when its sidecar exists. Both are the stage's outputs (the
 Snakefile and dvc.yaml declare both), so a convert killed half-way is rerun by either runner. Temp files
@@ -17,11 +18,27 @@ import sys
 
 import numpy as np
 
-from dlwt.atomic import os_errors, remove_stale_temps, temp_path
+from dlwt.atomic import os_errors, remove_stale_temps, staged_file, write_json_atomic
 from dlwt.data import DataError, ffcv_dir, images_dir
-from dlwt.data.imagefolder import read_classes, scan, verify, write_json
+from dlwt.data.imagefolder import read_classes, scan, verify
+from dlwt.devices import cpus
 from dlwt.devices import workers as allowed_workers
-from dlwt.progress import Progress
+
+
+def use_safe_numba_layer():
+    """Call before FFCV is first imported (its import starts numba's thread pool: Compiler.set_num_threads(1)
+    in ffcv/pipeline/compiler.py). With one CPU in the affinity mask (a one-core SLURM job, `taskset -c 0`)
+    numba's default layer, TBB, hangs the process at exit once it has forked (FFCV's writer forks its
+    workers): gdb shows the main thread in numba/np/ufunc/tbbpool.cpp unload_tbb -> task_group::wait, for
+    ever (issue 16.9; `import ffcv` + one multiprocessing.Process under `taskset -c 0` is enough; the
+    workqueue and omp layers exit). One CPU runs nothing in parallel, so workqueue loses nothing there; on
+    more CPUs, and when the user chose a layer (NUMBA_THREADING_LAYER), nothing changes. The environment
+    variable is set too: numba re-reads it (config.reload_config) and child processes inherit it."""
+    if cpus() > 1 or os.environ.get("NUMBA_THREADING_LAYER"):
+        return
+    os.environ["NUMBA_THREADING_LAYER"] = "workqueue"
+    if "numba" in sys.modules:  # imported but possibly not yet launched: the layer is read at launch
+        sys.modules["numba"].config.THREADING_LAYER = "workqueue"
 
 
 class _Folder:
@@ -46,17 +63,20 @@ def convert_split(
     out_dir,
     split,
     *,
-    max_resolution=512,
-    jpeg_quality=90,
-    compress_probability=0.5,
-    write_mode="proportion",
-    page_size=1 << 23,
-    num_workers=8,
-    on_corrupt="skip",
+    max_resolution,
+    jpeg_quality,
+    compress_probability,
+    write_mode,
+    page_size,
+    num_workers,
+    on_corrupt,
 ):
-    """One split of an ImageFolder -> <out_dir>/<split>.beton and <split>.beton.json. Returns the sidecar."""
+    """One split of an ImageFolder -> <out_dir>/<split>.beton and <split>.beton.json. Returns the sidecar.
+    The settings are params' data.* (defaults in params_schema.yaml; convert_stage passes them all)."""
+    use_safe_numba_layer()
     from ffcv.fields import IntField, RGBImageField
-    from ffcv.writer import DatasetWriter
+
+    from dlwt.data.ffcv_writer import Writer
 
     workers = max(1, allowed_workers(num_workers))  # numba (FFCV) refuses more threads than the affinity mask
     classes = [c["wnid"] for c in read_classes(images)]
@@ -76,38 +96,20 @@ def convert_split(
         )
     if not good:
         raise DataError(f"{os.path.join(images, split)}: no decodable image; the tree is corrupt")
-    os.makedirs(out_dir, exist_ok=True)
     final = os.path.join(out_dir, f"{split}.beton")
     sidecar = f"{final}.json"
     for old in (sidecar, final):  # sidecar first: a beton without one is unfinished; the old beton would
         if os.path.exists(old):   # only double the disk used while the new one is written
             os.remove(old)
-    tmp = str(temp_path(final))
-    try:
-        writer = DatasetWriter(
-            tmp,
-            {
-                "image": RGBImageField(
-                    write_mode=write_mode,
-                    max_resolution=max_resolution,
-                    jpeg_quality=jpeg_quality,
-                    compress_probability=compress_probability,
-                ),
-                "label": IntField(),
-            },
-            page_size=page_size,
-            num_workers=workers,
-        )
-        # FFCV's writer shows its progress with tqdm(total=...).update()/.close() (ffcv/writer.py, _worker_loop's
-        # caller): a Progress instead prints plain lines in batch logs and is tqdm itself on a terminal
-        import ffcv.writer
-
-        ffcv.writer.tqdm = lambda total: Progress(total, f"convert {os.path.basename(final)}")
+    fields = {
+        "image": RGBImageField(write_mode=write_mode, max_resolution=max_resolution, jpeg_quality=jpeg_quality,
+                               compress_probability=compress_probability),
+        "label": IntField(),
+    }
+    with staged_file(final) as tmp:  # renamed to `final` when complete; removed on any error or Ctrl-C
+        writer = Writer(str(tmp), fields, page_size=page_size, num_workers=workers, final=final,
+                        desc=f"convert {os.path.basename(final)}")
         writer.from_indexed_dataset(_Folder(images, good), chunksize=max(1, min(100, len(good) // workers)))
-        os.replace(tmp, final)
-    finally:
-        if os.path.exists(tmp):  # interrupted (Ctrl-C, error): no partial file left behind
-            os.remove(tmp)
     per_class = np.bincount([label for _, label in good], minlength=len(classes))
     info = {
         "split": split,
@@ -126,7 +128,7 @@ def convert_split(
             "page_size": page_size,
         },
     }
-    write_json(sidecar, info)
+    write_json_atomic(sidecar, info)
     return info
 
 

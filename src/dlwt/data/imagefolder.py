@@ -13,21 +13,13 @@ import os
 import re
 from multiprocessing import Pool
 
-from dlwt.atomic import replace_dir, staged_dir, write_json_atomic
-from dlwt.data import DataError, dataset_dir, images_dir
+from dlwt.atomic import remove_stale_temps, staged_dir, write_json_atomic
+from dlwt.data import DataError, dataset_dir, images_dir, real_path
 from dlwt.devices import workers as allowed_workers
 from dlwt.progress import progress
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".webp", ".tif", ".tiff")
 SPLITS = ("train", "val")
-
-
-def write_json(path, obj):
-    """Atomic JSON write (dlwt.atomic): a reader never sees half a file, nor a crash one under the final name."""
-    write_json_atomic(path, obj, indent=1)
-
-
-_replace_dir = replace_dir  # the old name (digits.py)
 
 
 def check_class_name(name, where):
@@ -43,18 +35,27 @@ def write_classes(images, wnids, names=None):
     """classes.json: [{index, wnid, name}] in sorted-wnid order, the order every loader uses."""
     names = names or {}
     wnids = sorted(wnids)
-    write_json(
+    write_json_atomic(
         os.path.join(images, "classes.json"),
         [{"index": i, "wnid": w, "name": names.get(w, w)} for i, w in enumerate(wnids)],
     )
 
 
 def read_classes(images):
+    """classes.json as written by write_classes; missing, truncated or malformed is one line."""
     path = os.path.join(images, "classes.json")
     if not os.path.exists(path):
         raise DataError(f"{path} is missing: run `dlwt extract` first")
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            classes = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:  # a truncated or foreign file (JSONDecodeError is a ValueError)
+        raise DataError(f"{path}: not a readable classes list ({e}); rerun `dlwt extract` to write it again") \
+            from None
+    if not isinstance(classes, list) or not classes or \
+            not all(isinstance(c, dict) and isinstance(c.get("wnid"), str) for c in classes):
+        raise DataError(f"{path}: expected a list of {{index, wnid, name}}; rerun `dlwt extract` to write it again")
+    return classes
 
 
 def scan(images, split):
@@ -147,6 +148,35 @@ def verify(images, samples, on_corrupt="skip", num_workers=1, desc="verify"):
     return good, bad, h.hexdigest()
 
 
+def check_apart(src, out):
+    """Refuse a tree `src` any part of which resolves into `out` (or holds it): its top, its splits, its class
+    folders and its images, followed through symlinks. The tree is read after `out` is replaced, so an
+    image reached through a link into `out` would be deleted with the old output (issue 18.1: a user's
+    train/ linked to data/<dataset>/images/train lost every image). Only symlinked entries need resolving: a
+    plain entry lies inside its folder, which was checked. One scandir pass per folder, like scan()."""
+    ours = os.path.realpath(out)
+
+    def check(path, depth):
+        real = real_path(path)
+        if os.path.commonpath([real, ours]) in (real, ours):
+            raise DataError(f"data.imagefolder: {path} resolves to {real}, which overlaps {out} (what extract "
+                            "replaces): keep your tree and its links outside data.root/<dataset>, or use "
+                            "another data.dataset")
+        if depth < 3 and os.path.isdir(real):  # <src>/<split>/<class>/<image>
+            walk(path, depth)
+
+    def walk(folder, depth):
+        for e in os.scandir(folder):
+            if depth == 0 and e.name not in SPLITS:  # not read: a link beside train/ and val/ is the user's
+                continue
+            if e.is_symlink():
+                check(e.path, depth + 1)
+            elif depth < 2 and e.is_dir(follow_symlinks=False):
+                walk(e.path, depth + 1)
+
+    check(src, 0)
+
+
 def link_tree(src, root, dataset):
     """source=imagefolder: check the user's tree, then point data/<dataset>/images/{train,val} at it.
 
@@ -159,10 +189,8 @@ def link_tree(src, root, dataset):
             "source=imagefolder needs data.imagefolder (or --imagefolder): a tree with train/ and val/"
         )
     src = os.path.abspath(src)
-    real, ours = os.path.realpath(src), os.path.realpath(dataset_dir(root, dataset))
-    if os.path.commonpath([real, ours]) in (real, ours):
-        raise DataError(f"data.imagefolder={src} overlaps {dataset_dir(root, dataset)}, which extract replaces: "
-                        "keep your tree outside data.root/<dataset>, or use another data.dataset")
+    check_apart(src, dataset_dir(root, dataset))  # before anything is removed: a rerun replaces data/<dataset>
+    remove_stale_temps(dataset_dir(root, dataset))  # images.tmp-/images.old- of a killed extract
     for split in SPLITS:
         scan(src, split)  # raises on a missing split, empty class, unknown val class
     _, classes = scan(src, "train")
@@ -171,3 +199,16 @@ def link_tree(src, root, dataset):
             os.symlink(os.path.join(src, split), os.path.join(tmp, split))
         write_classes(tmp, classes)
     return images_dir(root, dataset)
+
+
+def acquire_source(c):
+    """source imagefolder (dlwt.data.sources): the user's tree must be a folder (extract checks the rest)."""
+    if not c["imagefolder"] or not os.path.isdir(c["imagefolder"]):
+        raise DataError(
+            f"data.imagefolder={c['imagefolder']!r} is not a folder: give a tree with train/ and val/"
+        )
+    return {"imagefolder": c["imagefolder"]}
+
+
+def extract_source(c):
+    return link_tree(c["imagefolder"], c["root"], c["dataset"])

@@ -17,9 +17,10 @@ from contextlib import closing
 
 import numpy as np
 
-from dlwt.atomic import os_errors, remove_stale_temps, staged_dir
+from dlwt.atomic import atomic_write, os_errors, publish, remove_stale_temps, staged_dir, write_json_atomic
 from dlwt.data import DataError, dataset_dir, images_dir
-from dlwt.data.imagefolder import write_classes, write_json
+from dlwt.data.imagefolder import write_classes
+from dlwt.errors import DlwtError
 from dlwt.layout import safe_name
 from dlwt.progress import Progress, ReadProgress
 
@@ -68,9 +69,8 @@ def _verified(path, md5):
             "delete it and download it again"
         )
     try:
-        with open(stamp, "w") as f:
-            f.write(f"{key}\n{md5}\n")
-    except OSError:  # a read-only archive folder (e.g. a :ro mount): verify again next time
+        atomic_write(stamp, f"{key}\n{md5}\n")
+    except (OSError, DlwtError):  # a read-only archive folder (e.g. a :ro mount): verify again next time
         pass
     return True
 
@@ -126,7 +126,7 @@ def download(url, dest, md5, cap=None):
             f"{url}: downloaded {os.path.basename(dest)} has md5 {got}, expected {md5}; "
             "the partial file was deleted, check the URL and rerun"
         )
-    os.replace(part, dest)
+    publish(part, dest)  # the .part is the resumable download (a fixed name), not a per-writer temp
     _verified(dest, md5)
 
 
@@ -322,7 +322,7 @@ def extract(raw_dir, root, dataset, checksums=None):
                     "it and run `dlwt acquire`"
                 ) from None
         write_classes(tmp, names.keys(), names)
-        write_json(
+        write_json_atomic(
             os.path.join(tmp, "extract.json"),
             {
                 "source_archives": {r: os.path.basename(p) for r, p in paths.items()},
@@ -336,3 +336,13 @@ def extract(raw_dir, root, dataset, checksums=None):
             },
         )
     return out
+
+
+def acquire_source(c):
+    """source imagenet (dlwt.data.sources): the three archives in data.raw_dir, md5-checked (or downloaded)."""
+    return acquire(c["raw_dir"], urls=c["urls"])
+
+
+def extract_source(c):
+    """source imagenet: the official md5s only (an MD5SUMS.json beside real archives is not trusted)."""
+    return extract(c["raw_dir"], c["root"], c["dataset"], checksums={})

@@ -16,6 +16,7 @@ is the same whatever the worker count and a run resumed mid-epoch sees what an u
 FFCV draws its random crops from numba's unseeded generator: its order is seeded, its crops are not.
 """
 
+import json
 import os
 import sys
 
@@ -136,6 +137,9 @@ class Batches:
 def ffcv_loader(path, split, *, batch_size, num_workers, res, crop_ratio, device, rank=0, world=1, seed=0,
                 os_cache=True, crop_scale=(0.08, 1.0), flip=True):
     """(FFCV Loader over a .beton with ffcv-imagenet's decoders, the train decoder or None); uint8 batches."""
+    from dlwt.data.ffcv_io import use_safe_numba_layer
+
+    use_safe_numba_layer()
     from ffcv.fields.basics import IntDecoder
     from ffcv.fields.rgb_image import CenterCropRGBImageDecoder, RandomResizedCropRGBImageDecoder
     from ffcv.loader import Loader, OrderOption
@@ -157,8 +161,6 @@ def ffcv_loader(path, split, *, batch_size, num_workers, res, crop_ratio, device
     label = [IntDecoder(), ToTensor(), Squeeze(1), ToDevice(device, non_blocking=True)]
     kw = {}
     if split == "val" and world > 1:  # rank r reads r, r+world, ...: no padding duplicates
-        import json
-
         with open(f"{path}.json") as f:
             n = json.load(f)["images"]
         kw["indices"] = np.arange(rank, n, world)
@@ -232,6 +234,30 @@ def torchvision_loader(images, split, *, batch_size, num_workers, res, crop_rati
     return loader, order, ds, len(samples)
 
 
+def checked_sidecar(path, images, classes, dataset):
+    """The .beton's sidecar, once the pair is known to be whole and current: the sidecar is written last (no
+    sidecar, no finished beton), records the beton's byte count (a truncated copy would make FFCV read past
+    its end) and the classes it was converted with (a beton older than classes.json gives labels the model
+    has no output for: an IndexError deep in the loss)."""
+    rerun = f"run `dlwt convert --dataset {dataset}` again"
+    if not os.path.exists(f"{path}.json") or not os.path.exists(path):
+        raise DataError(f"{path} is missing or unfinished: run `dlwt convert --dataset {dataset}`")
+    try:
+        with open(f"{path}.json") as f:
+            info = json.load(f)
+        size, per_class = info["bytes"], list(info["per_class"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise DataError(f"{path}.json: not a convert sidecar ({type(e).__name__}: {e}); {rerun}") from None
+    if os.path.getsize(path) != size:
+        raise DataError(f"{path}: {os.path.getsize(path)} bytes, its sidecar says {size}: the file is truncated "
+                        f"or was changed after convert; {rerun}")
+    if per_class != [cl["wnid"] for cl in classes]:
+        raise DataError(f"{path} was converted with {len(per_class)} classes that differ from "
+                        f"{os.path.join(images, 'classes.json')} "
+                        f"({len(classes)}): the images were extracted again since; {rerun}")
+    return info
+
+
 def make_loader(split, cfg=None, device="cpu", rank=0, world=1):
     """Batches of (images, labels) for split 'train' or 'val', from data cfg (params['data']); under DDP
     pass this process's rank and the world size."""
@@ -246,13 +272,8 @@ def make_loader(split, cfg=None, device="cpu", rank=0, world=1):
                   crop_scale=c["train_crop_scale"], flip=c["train_flip"], device=device, rank=rank, world=world,
                   seed=c["seed"])
     if c["backend"] == "ffcv":
-        import json
-
         path = os.path.join(ffcv_dir(c["root"], c["dataset"]), f"{split}.beton")
-        if not os.path.exists(f"{path}.json"):  # the sidecar is written last: no sidecar, no finished beton
-            raise DataError(f"{path} is missing or unfinished: run `dlwt convert --dataset {c['dataset']}`")
-        with open(f"{path}.json") as f:
-            info = json.load(f)
+        info = checked_sidecar(path, images, classes, c["dataset"])
         loader, decoder = ffcv_loader(path, split, os_cache=c["os_cache"], **common)
         batches = Batches(loader, device=device, num_images=info["images"], classes=classes, decoder=decoder,
                           skipped=[s["file"] for s in info["skipped_corrupt"]])

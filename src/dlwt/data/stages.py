@@ -8,11 +8,8 @@ data cfg; the work is in acquire_stage / extract_stage / convert_stage (which ta
     dlwt extract --dataset digits --source digits --root data && dlwt convert --dataset digits --root data
 """
 
-import json
-import os
-
 from dlwt.atomic import check_inside, os_errors, write_json_atomic
-from dlwt.data import DataError, acquired_path, dataset_dir
+from dlwt.data import DataError, acquired_path, dataset_dir, real_path, source
 from dlwt.data.config import resolve as _resolve_cfg
 from dlwt.params import choices
 
@@ -22,6 +19,7 @@ def resolve(cfg=None):
     c = _resolve_cfg(cfg)
     # data.dataset: one plain folder name, and data/<dataset> (followed through symlinks) inside data.root,
     # since the stages write and replace folders there
+    real_path(dataset_dir(c["root"], c["dataset"]))  # a loop there is one line (check_inside would raise)
     check_inside(dataset_dir(c["root"], c["dataset"]), c["root"], "data.dataset")
     return c
 
@@ -33,67 +31,16 @@ CONVERT_KEYS = ("max_resolution", "jpeg_quality", "compress_probability", "write
 def acquire_stage(cfg):
     """acquire, then record what it found in <root>/<dataset>/acquired.json: the stage's output in the DAG."""
     c = resolve(cfg)
-    found = _acquire(c)
+    found = source(c["source"]).acquire(c)  # imagenet: verify or download; synthetic: write; others: check
     write_json_atomic(acquired_path(c["root"], c["dataset"]),
                       {"source": c["source"], "dataset": c["dataset"], "files": {k: str(v) for k, v in found.items()}})
     return found
 
 
-def _acquire(c):
-    """imagenet: verify (or download) the archives; synthetic: write them; digits/imagefolder: check."""
-    if c["source"] == "imagenet":
-        from dlwt.data.imagenet import acquire
-
-        return acquire(c["raw_dir"], urls=c["urls"])
-    if c["source"] == "synthetic":
-        from dlwt.data.imagenet import acquire
-        from dlwt.data.synthetic import write_archives
-
-        write_archives(c["raw_dir"], **c["synthetic"])
-        with open(os.path.join(c["raw_dir"], "MD5SUMS.json")) as f:
-            return acquire(c["raw_dir"], checksums=json.load(f))
-    if c["source"] == "digits":
-        import sklearn.datasets  # noqa: F401  (bundled with scikit-learn: nothing to fetch)
-
-        return {}
-    if c["source"] == "fashion-mnist":
-        from dlwt.data.fashion_mnist import find
-
-        return find(c["fashion_mnist"]["dir"])
-    if c["source"] in ("cifar10", "cifar100"):
-        from dlwt.data.cifar import acquire
-
-        return acquire(c["source"], c["cifar"]["dir"] or c["raw_dir"], c["cifar"]["download"])
-    if not c["imagefolder"] or not os.path.isdir(c["imagefolder"]):
-        raise DataError(
-            f"data.imagefolder={c['imagefolder']!r} is not a folder: give a tree with train/ and val/"
-        )
-    return {"imagefolder": c["imagefolder"]}
-
-
 def extract_stage(cfg):
     """Archives or source -> <root>/<dataset>/images/{train,val}/<class>/ + classes.json; returns the path."""
     c = resolve(cfg)
-    if c["source"] in ("imagenet", "synthetic"):
-        from dlwt.data.imagenet import extract
-
-        # imagenet: the official md5s only; synthetic: the MD5SUMS.json written beside its archives
-        return extract(c["raw_dir"], c["root"], c["dataset"], checksums={} if c["source"] == "imagenet" else None)
-    if c["source"] == "digits":
-        from dlwt.data.digits import write_digits
-
-        return write_digits(c["root"], c["dataset"], **c["digits"])
-    if c["source"] == "fashion-mnist":
-        from dlwt.data.fashion_mnist import write_fashion_mnist
-
-        return write_fashion_mnist(c["root"], c["dataset"], **c["fashion_mnist"])
-    if c["source"] in ("cifar10", "cifar100"):
-        from dlwt.data.cifar import write_cifar
-
-        return write_cifar(c["source"], c["cifar"]["dir"] or c["raw_dir"], c["root"], c["dataset"])
-    from dlwt.data.imagefolder import link_tree
-
-    return link_tree(c["imagefolder"], c["root"], c["dataset"])
+    return source(c["source"]).extract(c)
 
 
 def convert_stage(cfg, splits=("train", "val")):

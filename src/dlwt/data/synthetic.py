@@ -20,9 +20,8 @@ import tarfile
 import numpy as np
 from PIL import Image
 
-from dlwt.atomic import atomic_write, temp_path
-from dlwt.data.imagefolder import write_json
-from dlwt.data.imagenet import ARCHIVES, GROUND_TRUTH, META, md5sum
+from dlwt.atomic import atomic_write, remove_stale_temps, staged_file, write_json_atomic
+from dlwt.data.imagenet import ARCHIVES, GROUND_TRUTH, META, acquire, extract, md5sum
 
 FIELDS = (
     "ILSVRC2012_ID",
@@ -95,6 +94,7 @@ def write_archives(raw_dir, classes=3, train_per_class=4, val_per_class=2, size=
     """
     rng = np.random.default_rng(seed)
     os.makedirs(raw_dir, exist_ok=True)
+    remove_stale_temps(raw_dir)  # the temp archives of a killed acquire
     wnids = [f"n{10000000 + 7919 * k:08d}" for k in range(classes)]  # sorted order = k
     perm = rng.permutation(classes)
     if classes > 1 and (perm == np.arange(classes)).all():
@@ -136,8 +136,7 @@ def write_archives(raw_dir, classes=3, train_per_class=4, val_per_class=2, size=
     }
 
     paths = {role: os.path.join(raw_dir, name) for role, (name, _) in ARCHIVES.items()}
-    tmps = {role: temp_path(paths[role]) for role in ("train", "val")}  # renamed once complete
-    with tarfile.open(tmps["train"], "w") as outer:
+    with staged_file(paths["train"]) as tmp, tarfile.open(tmp, "w") as outer:  # renamed once complete
         for k, wnid in enumerate(wnids):
             buf = io.BytesIO()
             with tarfile.open(fileobj=buf, mode="w") as inner:
@@ -147,14 +146,27 @@ def write_archives(raw_dir, classes=3, train_per_class=4, val_per_class=2, size=
                     record["train"][name] = wnid
             _add(outer, f"{wnid}.tar", buf.getvalue())
     val_classes = rng.permutation(np.repeat(np.arange(classes), val_per_class))  # classes interleaved
-    with tarfile.open(tmps["val"], "w") as tf:
+    with staged_file(paths["val"]) as tmp, tarfile.open(tmp, "w") as tf:
         for n, k in enumerate(val_classes, 1):
             name = f"ILSVRC2012_val_{n:08d}.JPEG"
             _add(tf, name, jpeg(make_image(colours[k], size, rng, noise)))
             record["val"][name] = wnids[k]
-    for role in ("train", "val"):
-        os.replace(tmps[role], paths[role])
     write_devkit(paths["devkit"], synsets, [int(ids[k]) for k in val_classes])
-    write_json(os.path.join(raw_dir, "labels.json"), record)
-    write_json(os.path.join(raw_dir, "MD5SUMS.json"), {r: md5sum(p) for r, p in paths.items()})
+    write_json_atomic(os.path.join(raw_dir, "labels.json"), record)
+    write_json_atomic(os.path.join(raw_dir, "MD5SUMS.json"), {r: md5sum(p) for r, p in paths.items()})
     return record
+
+
+def acquire_source(c):
+    """source synthetic (dlwt.data.sources): write the archives, then check them as imagenet's are, against
+    the MD5SUMS.json written beside them."""
+    import json
+
+    write_archives(c["raw_dir"], **c["synthetic"])
+    with open(os.path.join(c["raw_dir"], "MD5SUMS.json")) as f:
+        return acquire(c["raw_dir"], checksums=json.load(f))
+
+
+def extract_source(c):
+    """source synthetic: imagenet's extract, checked against MD5SUMS.json (checksums=None)."""
+    return extract(c["raw_dir"], c["root"], c["dataset"], checksums=None)
