@@ -128,6 +128,10 @@ def train(params: dict, arch: str, rule: str, seed: int, out: Path, *, restart: 
         stop.restore()
 
 
+class _StoppedInStartUp(Exception):
+    """A signal came while the run was being set up (wm's mirror warm-up): nothing to save yet."""
+
+
 @dataclass
 class Job:
     """What the steps of one training process share: built once by _build, then only its epoch position,
@@ -163,7 +167,11 @@ def _train(params, arch, rule, seed, run, rank, world, dev, restart, stop) -> di
     ckpt = _checkpoint_to_resume(params, arch, rule, seed, run, rank, restart)
     if ckpt is not None and ckpt["epoch"] >= params["train"]["epochs"] and not ckpt.get("step"):
         return _rewrite_outputs(ckpt, run, rank)
-    job = _build(params, arch, rule, seed, run, rank, world, dev, ckpt)
+    try:
+        job = _build(params, arch, rule, seed, run, rank, world, dev, ckpt, stop)
+    except _StoppedInStartUp:
+        _stop_line(layout.run_id(arch, rule, seed), stop.signum, "before training started")
+        return {"status": "stopped", "signal": stop.signum, "metrics": {}}
     live = LiveLog(run.live, enabled=rank == 0, resume=ckpt is not None)
     try:
         stopped = _epochs(job, live, stop)
@@ -206,7 +214,7 @@ def _rewrite_outputs(ckpt, run, rank) -> dict:
     return {"status": "finished", "signal": None, "metrics": ckpt["metrics"][-1]}
 
 
-def _build(params, arch, rule, seed, run, rank, world, dev, ckpt) -> Job:
+def _build(params, arch, rule, seed, run, rank, world, dev, ckpt, stop) -> Job:
     """Loaders, model, optimiser, schedule and the rule's hook, at the checkpoint's state when resuming."""
     from dlwt.data.loaders import make_loader
 
@@ -228,9 +236,12 @@ def _build(params, arch, rule, seed, run, rank, world, dev, ckpt) -> Job:
     if ckpt is not None:
         epoch0, rows, epoch_state = ckpt["epoch"], ckpt["metrics"], ckpt.get("epoch_state")
         _restore(ckpt, run, rank, model, opt, sched, mirror_gen, epoch0, epoch_state)
-    elif rule == "wm" and mcfg["warmup_steps"]:
-        dlwt.mirror_step(model, steps=mcfg["warmup_steps"],
-                         generator=noise_generator(mirror_gen, dev.torch), **mirror)
+    elif rule == "wm":  # the warm-up (1,000 steps by default) gives way to a signal, read between its steps
+        noise = noise_generator(mirror_gen, dev.torch)
+        for _ in range(mcfg["warmup_steps"]):
+            if rank == 0 and stop.requested():  # rank 0 decides (see train); the others are ended
+                raise _StoppedInStartUp
+            dlwt.mirror_step(model, steps=1, generator=noise, **mirror)
     run_info = {"arch": arch, "rule": rule, "seed": seed, "lr": lr, "global_batch": global_batch,
                 **provenance(params, world_size=world, device=dev.torch)}
     if rank == 0:
@@ -265,7 +276,7 @@ def _epochs(job: Job, live: LiveLog, stop: StopSignal) -> tuple[int, str] | None
     """Train the remaining epochs; (signal, where) when a signal stopped them, else None."""
     from dlwt.data.loaders import res_for_epoch
 
-    if stop.requested():  # during start-up: nothing trained in this process, last.pt (if any) as it was
+    if job.rank == 0 and stop.requested():  # in start-up: nothing trained in this process, last.pt as it was
         return stop.signum, "before training started"
     epoch_state, job.epoch_state = job.epoch_state, None
     for epoch in range(job.epoch0, job.params["train"]["epochs"]):
