@@ -1,13 +1,14 @@
-"""Train one (arch, rule, seed): resumable, preemption-safe, CPU or CUDA, one process or DDP under torchrun.
+"""Train one (arch, rule, seed): resumable, preemption-safe, CPU or CUDA, one process or DDP on one node.
 
     dlwt train --params params.yaml --arch resnet18 --rule wm --seed 0 --out results/imagenet/runs/resnet18-wm-s0
     dlwt train --params params.yaml --overlay config/demo.yaml --arch resnet18 --rule kp --seed 0 --out ...
 
-With train.gpus > 1 the command claims its GPUs and re-executes itself under torchrun (DDP, one node).
+With train.gpus > 1 the command claims its GPUs and runs itself as that many DDP ranks (ddp.launch).
 Each epoch rewrites <out>/metrics.jsonl and <out>/checkpoints/last.pt atomically; so does a mid-epoch
-checkpoint every train.checkpoint_minutes and on SIGTERM/SIGINT (SLURM's time limit, Ctrl-C), after which the
-run exits 128+signal. Running the same command again resumes from last.pt (on CPU with the torchvision
-backend, a run stopped anywhere ends with exactly the metrics of an uninterrupted one), or starts afresh,
+checkpoint every train.checkpoint_minutes and, at the next step boundary, on SIGTERM/SIGINT (SLURM's time
+limit, Ctrl-C), after which the run prints one line and exits 128+signal. Running the same command again
+resumes from last.pt (on CPU with the torchvision backend, a run stopped anywhere ends with exactly the
+metrics of an uninterrupted one), or starts afresh,
 keeping the old file, when a setting the run depends on changed (it names the key). final.pt (weights, B and
 metadata) is written last: its presence means the run finished; a finished last.pt is never retrained unless
 --restart says so. One `dlwt train` per run folder: a second one stops at once naming the holder's pid.
