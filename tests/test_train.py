@@ -198,14 +198,14 @@ def test_one_writer_per_run_folder(digits, tmp_path):
 
 @pytest.mark.timeout(300)
 def test_train_gpus_2_runs_ddp_under_torchrun(digits, tmp_path):
-    # train.gpus > 1 makes `dlwt train` relaunch itself under torchrun; on CPU the ranks use gloo
+    # train.gpus > 1 makes `dlwt train` run itself as that many DDP ranks; on CPU the ranks use gloo
     (tmp_path / "params.yaml").write_text(json.dumps(digits_params(digits, epochs=1, gpus=2)))
     run = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "dlwt", "train", "--params", str(tmp_path / "params.yaml"),
                            "--arch", "resnet18", "--rule", "kp", "--seed", "0", "--out", str(run)],
                           capture_output=True, text=True, timeout=280)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "torch.distributed.run" in proc.stderr and "--nproc_per_node=2" in proc.stderr
+    assert "2 DDP ranks on this node" in proc.stderr  # dlwt's launcher (torchrun's signal handling lost saves)
     assert json.loads((run / "config.json").read_text())["world_size"] == 2
     rows = read_metrics(run)
     assert len(rows) == 1 and rows[0]["val_images"] == 360  # validation summed over both ranks' shards

@@ -106,13 +106,18 @@ def _add_report(sub) -> None:
 def main(argv=None) -> int:
     from dlwt.errors import DlwtError
 
-    args = build_parser().parse_args(argv)
+    args = None
     try:
+        args = build_parser().parse_args(argv)
         result = args.func(args)
         return result if isinstance(result, int) else 0  # the data stages return what they wrote
     except DlwtError as e:  # bad input: one line naming the thing and the fix
         print(f"dlwt {args.stage}: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C (at start-up, in a data stage, a second one in training): one line
+        stage = f" {args.stage}" if args is not None else ""
+        print(f"dlwt{stage}: interrupted (Ctrl-C); rerun the same command to go on", file=sys.stderr)
+        return 130  # 128 + SIGINT, what a shell reports for a process Ctrl-C ended
 
 
 if __name__ == "__main__":

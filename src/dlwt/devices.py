@@ -202,6 +202,9 @@ class Device:
                             "Apptainer with --nv, or set train.device: cpu (or auto)")
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         if want != "cpu" and not problem:
+            # cuDNN times its kernels once per input shape and keeps the fastest (shapes are fixed per run);
+            # set here, where train, evaluate and doctor get their Device, so all run the kernels bench measures
+            torch.backends.cudnn.benchmark = True
             return Device(torch.device("cuda", local_rank), torch.bfloat16 if amp == "bf16" else None, fmt)
         return Device(torch.device("cpu"), None, fmt)
 

@@ -3,10 +3,12 @@
 Used by the train/evaluate stages and `dlwt doctor`; knows nothing about files, params or the CLI.
 No host sync in the step loop: loss and accuracy accumulate on the device, and the host looks at them only
 at sync points (every `sync_every` steps and at the end), where finiteness is checked (all ranks together
-under DDP) and the caller's `on_sync` may log, checkpoint or ask to stop.
+under DDP) and the caller's `on_sync` may log, checkpoint or ask to stop. A stop request (`stop`, a host-side
+flag such as a signal handler's) is read after every step: reading a Python bool costs no sync.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 
 import torch
@@ -64,21 +66,26 @@ class EpochState:
 
 def train_one_epoch(model, loader, optimizer, device, *, epoch=0, scheduler=None, after_step=None,
                     amp_dtype=None, label_smoothing=0.0, state: EpochState | None = None, sync_every=50,
-                    on_sync=None) -> dict:
+                    on_sync=None, stop=None) -> dict:
     """Train over `loader` (already positioned at `state.step` by its set_epoch) once.
 
     `after_step()` runs after every optimiser step (wm: the mirror step); `scheduler` steps once per batch.
     Every `sync_every` steps and after the last one the host reads the device's flags: a NaN/inf loss raises
     NonFiniteLoss naming epoch and the step window; then `on_sync(state, last)` runs and may return True to
-    stop the epoch early (a preemption signal). Under DDP every rank syncs at the same steps and the flags are
-    all-reduced, so all ranks stop together. Returns the epoch's (or the part's) train metrics and "stopped".
+    stop the epoch early. Under DDP every rank syncs at the same steps and the flags are all-reduced, so all
+    ranks stop together. `stop()` runs after every step, the epoch's last included, and True ends the epoch
+    there (a preemption: the caller saves at once); only this rank's loss is checked then, with no collective,
+    since under DDP the other ranks may already be inside the next step. Returns the epoch's (or the part's)
+    train metrics and "stopped".
     """
     model.train()
     state = state or EpochState(device)
     bad = torch.zeros((), dtype=torch.int32, device=device)
     start, window, stopped = time.perf_counter(), state.step, False
     total = len(loader)
-    for images, targets in loader:
+    # a run stopped after an epoch's last step resumes here with nothing left to train (FFCV would read and drop
+    # the whole epoch to skip it)
+    for images, targets in (loader if state.step < total else ()):
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             logits = model(images)
             loss = F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
@@ -96,13 +103,12 @@ def train_one_epoch(model, loader, optimizer, device, *, epoch=0, scheduler=None
         state.seen += targets.shape[0]
         state.step += 1
         last = state.step >= total
+        if stop is not None and stop():
+            _check_finite(bad, epoch, window, state.step, all_ranks=False)
+            stopped = True
+            break
         if state.step % sync_every == 0 or last:
-            flags = bad.clone().float().view(1)
-            if torch.distributed.is_initialized():
-                torch.distributed.all_reduce(flags)
-            if flags.item() > 0:  # the one host sync of the window
-                raise NonFiniteLoss(f"loss not finite at epoch {epoch}, between steps {window + 1} and "
-                                    f"{state.step}: lower the learning rate (train.lr) or check the input data")
+            _check_finite(bad, epoch, window, state.step, all_ranks=True)
             window = state.step
             state.seconds += time.perf_counter() - start
             start = time.perf_counter()
@@ -116,17 +122,30 @@ def train_one_epoch(model, loader, optimizer, device, *, epoch=0, scheduler=None
             "stopped": stopped}
 
 
+def _check_finite(bad, epoch, window, step, *, all_ranks):
+    """Raise NonFiniteLoss when a loss since the last check was NaN/inf (summed over the DDP ranks if
+    `all_ranks`): the one host sync of the window."""
+    flags = bad.clone().float().view(1)
+    if all_ranks and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(flags)
+    if flags.item() > 0:
+        raise NonFiniteLoss(f"loss not finite at epoch {epoch}, between steps {window + 1} and {step}: lower "
+                            "the learning rate (train.lr) or check the input data")
+
+
 def fixed_batch(loader, n: int):
     """The first n images (and labels) of a sequential loader: the fixed batch on which the angle between
-    a rule's update and backprop's gradient is measured (the same images for every rule)."""
+    a rule's update and backprop's gradient is measured (the same images for every rule). The pass is closed
+    when it has enough, so an FFCV loader's epoch thread (and its slot buffers) ends with it."""
     xs, ys, have = [], [], 0
     loader.set_epoch(0)
-    for x, y in loader:
-        xs.append(x)
-        ys.append(y)
-        have += y.shape[0]
-        if have >= n:
-            break
+    with contextlib.closing(iter(loader)) as batches:
+        for x, y in batches:
+            xs.append(x)
+            ys.append(y)
+            have += y.shape[0]
+            if have >= n:
+                break
     return torch.cat(xs)[:n], torch.cat(ys)[:n]
 
 

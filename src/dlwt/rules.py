@@ -404,3 +404,41 @@ def mirror_step(model: nn.Module, steps: int = 1, *, noise_std: float = MIRROR_D
             for m in layers:
                 _mirror_layer(m, noise_std, lr, weight_decay, batch_size, size, generator)
     return len(layers)
+
+
+# What the training loop does for each rule between optimiser steps, in one place: `dlwt train`, `dlwt doctor`
+# and bench/ all call after_step (only wm does anything).
+
+def noise_generator(generator: torch.Generator | None, device: torch.device) -> torch.Generator | None:
+    """`generator` itself when it lives on `device`, else a generator of `device` seeded from one draw of it.
+
+    The pipeline keeps wm's noise state in a CPU generator whatever the device, so a checkpoint resumes on the
+    other device type (a CUDA generator's state is 16 bytes, a CPU one's 5056: neither loads into the other),
+    and ranks seeded alike still draw alike. The noise itself is drawn where the weights are: drawing it on the
+    CPU and copying would cost more than the mirror step.
+    """
+    if generator is None or generator.device == device:
+        return generator
+    seed = int(torch.randint(2**63 - 1, (), generator=generator))
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def after_step(model: nn.Module, rule: str, *, every: int = 1, steps: int = 1, done: int = 0,
+               generator: torch.Generator | None = None, **mirror):
+    """The work `rule` adds after each optimiser step, as a function of no arguments; None when it adds none.
+
+    wm: `steps` mirror steps (mirror_step's other keyword arguments in `mirror`) after every `every`-th training
+    step, counted from `done` steps already trained, so a resumed run keeps its phase; `generator`: see
+    noise_generator. Call it on the plain model (not a DDP or compiled wrapper): the mirror is eager code.
+    """
+    if rule != "wm":
+        return None
+    device = next(model.parameters()).device
+    count = done
+
+    def hook() -> None:
+        nonlocal count
+        count += 1
+        if count % every == 0:
+            mirror_step(model, steps, generator=noise_generator(generator, device), **mirror)
+    return hook
