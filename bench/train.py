@@ -19,6 +19,7 @@ import torch.nn.functional as F
 import torchvision
 
 import dlwt
+import dlwt.rules
 from common import print_ratio_table  # bench/common.py (the script's folder is on sys.path)
 from dlwt.engine import sgd, train_one_epoch
 from dlwt.params import load
@@ -73,15 +74,9 @@ batches = Batches(batches)
 
 
 def dlwt_epoch(rule, model, opt, sync_every=50):
-    count = [0]
-
-    def after():
-        count[0] += 1
-        if count[0] % mcfg["every"] == 0:
-            dlwt.mirror_step(model, steps=mcfg["steps"], **mirror)
-
-    train_one_epoch(model, batches, opt, device, after_step=after if rule == "wm" else None, amp_dtype=amp,
-                    sync_every=sync_every)
+    # what the rule does after each step, as the pipeline runs it (wm: mirror.steps every mirror.every steps)
+    after = dlwt.rules.after_step(model, rule, every=mcfg["every"], steps=mcfg["steps"], **mirror)
+    train_one_epoch(model, batches, opt, device, after_step=after, amp_dtype=amp, sync_every=sync_every)
 
 
 setups = {rule: build(rule) for rule in args.rules.split(",")}

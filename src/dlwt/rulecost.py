@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 import dlwt
+from dlwt.rules import after_step
 
 MIRROR_KEYS = ("noise_std", "lr", "weight_decay", "batch_size", "size")
 
@@ -32,20 +33,6 @@ MIRROR_KEYS = ("noise_std", "lr", "weight_decay", "batch_size", "size")
 def mirror_kwargs(mirror_cfg: dict) -> dict:
     """mirror_step's keyword arguments from params' mirror section."""
     return {k: mirror_cfg[k] for k in MIRROR_KEYS}
-
-
-def after_step_fn(model, rule: str, mirror_cfg: dict, generator=None) -> Callable[[int], None] | None:
-    """What the pipeline does after training step i (1-based) for this rule: wm mirrors every mirror.every
-    steps; the other rules do nothing (None)."""
-    if rule != "wm":
-        return None
-    every, steps, kw = mirror_cfg["every"], mirror_cfg["steps"], mirror_kwargs(mirror_cfg)
-
-    def after(i: int) -> None:
-        if i % every == 0:
-            dlwt.mirror_step(model, steps=steps, generator=generator, **kw)
-
-    return after
 
 
 @dataclass
@@ -56,7 +43,7 @@ class Setup:
     model: torch.nn.Module
     step_model: torch.nn.Module     # torch.compile(model) when train.compile, else model
     opt: torch.optim.Optimizer
-    after: Callable[[int], None] | None
+    after: Callable[[], None] | None  # dlwt.rules.after_step: what the rule does after each optimiser step
     label_smoothing: float
     done: int = 0
 
@@ -72,7 +59,9 @@ class Setup:
         opt = sgd(model, 0.01, t["momentum"], t["weight_decay"], t["nesterov"])
         use_compile = t["compile"] if compile is None else compile
         return Setup(rule, model, torch.compile(model, backend=backend) if use_compile else model, opt,
-                     after_step_fn(model, rule, params["mirror"]), t["label_smoothing"])
+                     after_step(model, rule, every=params["mirror"]["every"],
+                                steps=params["mirror"]["steps"], **mirror_kwargs(params["mirror"])),
+                     t["label_smoothing"])
 
     def step(self, x, y, dev) -> torch.Tensor:
         with dev.autocast():
@@ -82,7 +71,7 @@ class Setup:
         self.opt.step()
         self.done += 1
         if self.after is not None:
-            self.after(self.done)
+            self.after()
         return loss.detach()
 
 
