@@ -143,7 +143,8 @@ def evaluate_checkpoint(params: dict, arch: str, rule: str, seed: int, checkpoin
 
 def main(args) -> int:
     from dlwt.atomic import check_target
-    from dlwt.params import load
+    from dlwt.params import check_seed, load
+    check_seed(args.seed)
     check_target(args.out, "file", "--out")  # before the whole evaluation runs, not after it
     params = load(args.params, args.overlay)
     if params["train"]["device"] != "cpu":

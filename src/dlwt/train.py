@@ -284,8 +284,9 @@ def _mirror_every(model, mcfg, generator, kwargs):
 
 def main(args) -> int:
     from dlwt.atomic import check_target
-    from dlwt.params import load
+    from dlwt.params import check_seed, load
 
+    check_seed(args.seed)
     check_target(args.out, "folder", "--out")  # a file there: one line now, not a traceback after set-up
     params = load(args.params, args.overlay)
     tcfg = params["train"]
