@@ -255,7 +255,6 @@ def test_torchvision_weights_evaluate_offline_from_the_cache(work, tmp_path, mon
 
     from dlwt import evaluate
     from dlwt.cli import main
-
     from dlwt.data.imagefolder import write_classes
 
     images = work / "data" / "tv" / "images"

@@ -76,6 +76,13 @@ def test_a_missing_configfile_is_named_by_the_preflight_the_readme_gives(work, c
     assert "dlwt params --overlay" in (REPO / "README.md").read_text()
 
 
+@pytest.mark.parametrize("stage", ["train", "evaluate"])
+def test_a_seed_flag_beyond_what_the_rngs_take(work, capsys, stage):
+    extra = ["--checkpoint", "x.pt"] if stage == "evaluate" else []
+    rc = main([stage, "--arch", "resnet18", "--rule", "bp", "--seed", str(2**70), *extra, "--out", "o"])
+    one_line(capsys, rc, rf"dlwt {stage}: --seed {2**70}: outside 0..4294967295")
+
+
 def test_doctor_steps_zero(work, capsys):
     one_line(capsys, main(["doctor", "--steps", "0"]), r"dlwt doctor: --steps 0: time at least 1 step")
 

@@ -2,17 +2,19 @@
 
     import dlwt
     model = torchvision.models.resnet18()
-    dlwt.convert(model, "wm")            # every Conv2d/Linear now sends errors back through B
+    dlwt.convert(model, "wm")            # every Conv2d/Linear now sends errors back through B (before the optimiser)
+    model.dlwt_conversion.left           # weight layers still on backprop, each with the reason (warned once)
     dlwt.mirror_step(model, steps=100)   # weight mirror warm-up (wm only)
 
 The names below load torch on first use, not on `import dlwt`: the Snakefile imports dlwt.dag and dlwt.params
-on login nodes, where `snakemake -n` must not spend seconds importing torch.
+on login nodes, where `snakemake -n` must not spend seconds importing torch. The library needs torch alone
+(dlwt.models also torchvision); the pipeline's packages (pyyaml, jsonschema, ...) are the cli extra.
 """
 import importlib
 
 __version__ = "0.1.0"
 __all__ = [
-    "RULES", "FeedbackConv2d", "FeedbackLinear", "alignment", "backprop_mode", "convert",
+    "RULES", "Conversion", "FeedbackConv2d", "FeedbackLinear", "alignment", "backprop_mode", "convert",
     "gradient_alignment", "mirror_step", "rule_of", "models",
 ]
 

@@ -9,7 +9,8 @@
 same torchvision ResNet (`torch.save(model.state_dict(), f)`); both load as data (dlwt.checkpoint), never
 as code. --weights torchvision evaluates torchvision's pretrained ImageNet weights, the backprop reference
 (published top-1: ResNet-18 69.758 %, ResNet-50 76.130 %); they are downloaded once into $TORCH_HOME (where
-there is internet) and need a 1000-class ImageNet val set with the imagenet stem. A state dict without
+there is internet), checked against the SHA-256 prefix torchvision publishes in the file name, read as data,
+and need a 1000-class ImageNet val set with the imagenet stem. A state dict without
 feedback matrices loads into any rule's model: B keeps its random start (the forward pass does not use it).
 
 Validation uses the centre crop. Gradient alignment (the angle between each layer's rule update and the
@@ -143,7 +144,8 @@ def evaluate_checkpoint(params: dict, arch: str, rule: str, seed: int, checkpoin
 
 def main(args) -> int:
     from dlwt.atomic import check_target
-    from dlwt.params import load
+    from dlwt.params import check_seed, load
+    check_seed(args.seed)
     check_target(args.out, "file", "--out")  # before the whole evaluation runs, not after it
     params = load(args.params, args.overlay)
     if params["train"]["device"] != "cpu":

@@ -107,6 +107,14 @@ class _ParamsLoader(yaml.SafeLoader):
             self._depth -= 1
 
 
+def check_seed(seed: int, flag: str = "--seed") -> int:
+    """seed, if numpy, scikit-learn and torch all take it; else ParamsError naming the flag."""
+    if not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+        raise ParamsError(f"{flag} {seed}: outside {SEED_RANGE[0]}..{SEED_RANGE[1]} (what numpy, scikit-learn and "
+                          "torch all take): choose a seed in that range")
+    return seed
+
+
 def _read(path, flag="--params") -> dict:
     path = Path(path)
     what = "params" if flag == "--params" else "overlay"

@@ -393,8 +393,9 @@ def _write_final(ckpt: dict, run: layout.Run) -> None:
 
 def main(args) -> int:
     from dlwt.atomic import check_target
-    from dlwt.params import load
+    from dlwt.params import check_seed, load
 
+    check_seed(args.seed)
     check_target(args.out, "folder", "--out")  # a file there: one line now, not a traceback after set-up
     stop = StopSignal()  # before anything slow: a signal while params load or GPUs are claimed has its line too
     try:
