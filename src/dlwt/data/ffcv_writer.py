@@ -103,6 +103,10 @@ class Writer(DatasetWriter):
                 if val > previous:
                     bar.update(val - previous)
                 previous = val
+                if previous != num_samples and all(p.exitcode == 0 for p in processes) \
+                        and done_number.value != num_samples:  # all gone "cleanly" with work undone
+                    raise DataError(f"{self.final}: FFCV's writer workers exited after {done_number.value} of "
+                                    f"{num_samples} images; rerun `dlwt convert` (nothing was kept)")
                 if previous != num_samples:
                     sleep(POLL_S)
             bar.close()
