@@ -22,9 +22,10 @@ would, and the backward casts B to the incoming gradient's dtype (bf16 stays bf1
 
 torch.compile traces the layers whole (the autograd Functions are traceable; no graph break in forward or
 backward). mirror_step, alignment and gradient_alignment are plain eager code: call them outside the
-compiled module. DDP: convert before wrapping. kp's B is a Parameter, so DDP all-reduces its gradient with
-W's; fa/wm's B is a buffer that DDP broadcasts from rank 0 (broadcast_buffers=True, the default), and
-mirror_step takes a `generator` so ranks seeded alike draw the same noise.
+compiled module. DDP: convert before wrapping. kp's B is a Parameter that gets W's gradient, which DDP has
+already averaged, so it needs no all-reduce of its own; fa/wm's B is a buffer that is identical on every rank
+by construction (drawn from the same seed; mirror_step takes a `generator`, so ranks seeded alike draw the same
+noise), and the pipeline's dlwt.ddp.wrap tells DDP not to broadcast it: only backprop's traffic moves.
 """
 from __future__ import annotations
 
