@@ -19,6 +19,8 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from dlwt import layout  # noqa: E402
+
 RULE_ORDER = ("bp", "fa", "ss", "wm", "kp")
 RULE_LABELS = {"bp": "BP", "fa": "FA", "ss": "SS", "wm": "WM", "kp": "KP"}
 ARCH_LABELS = {"resnet18": "ResNet-18", "resnet50": "ResNet-50", "resnet8": "ResNet-8", "resnet20": "ResNet-20",
@@ -228,14 +230,15 @@ def final_alignment(df: pd.DataFrame, params: dict):
     return g.figure
 
 
+# what each figure of dlwt.layout.figures draws (its file names are spelled there)
+DRAW = {"error_vs_epoch": error_curves, "final_error": final_error, "angle_vs_epoch": angle_curves,
+        "final_alignment": final_alignment, "grad_alignment_vs_epoch": grad_alignment_curves}
+
+
 def draw_all(df: pd.DataFrame, params: dict) -> dict:
-    """{file stem: Figure} for every figure of the report; the set of stems depends only on params."""
-    figs = {"fig_error_vs_epoch": error_curves(df, params), "fig_final_error": final_error(df, params)}
-    for arch in params["model"]["archs"]:
-        figs[f"fig_angle_vs_epoch_{arch}"] = angle_curves(df, params, arch)
-    figs["fig_final_alignment"] = final_alignment(df, params)
-    figs["fig_grad_alignment_vs_epoch"] = grad_alignment_curves(df, params)
-    return figs
+    """{file stem: Figure} for every figure of the report: exactly dlwt.layout.figures(params), in its order."""
+    return {stem: DRAW[what](df, params, *([arch] if arch else []))
+            for stem, (what, arch) in layout.figures(params).items()}
 
 
 def render(fig, dpi: int = 150) -> dict:
