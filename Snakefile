@@ -27,6 +27,14 @@ def one_line(check, *args, **kwargs):
         os._exit(2)  # SystemExit would be caught and printed with a traceback by Snakemake
 
 
+# Snakemake 9's `--list-changes params` lists one output of every job, changed or not: ParamsChange iterates its
+# files even when it holds no change (the iteration added by snakemake PR #3313 for issue #3288), so `snakemake
+# -R $(snakemake --lc params)` would rerun everything. Iterate the files of a real change only, as `-n` judges.
+from snakemake.persistence import ParamsChange  # noqa: E402
+
+ParamsChange.__iter__ = lambda self: iter(self.files if self else ())
+
+
 configfile: "params.yaml"
 config.update(complete(config))  # keys the files leave out take the defaults of src/dlwt/params_schema.yaml
 one_line(validate, config, "params.yaml + --configfile overlays")  # names the key and what it allows

@@ -150,7 +150,8 @@ def _train(params, arch, rule, seed, run, rank, world, dev, restart) -> dict:
     lr_factor = lr_lambda(tcfg, len(train_loader))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     mirror_gen = torch.Generator(device=dev.torch).manual_seed(seed)  # alike on every rank
-    mirror = {k: mcfg[k] for k in ("noise_std", "lr", "weight_decay", "batch_size", "size")}
+    # the mirror's settings are read by wm runs only: the other rules' runs do not depend on them (params_schema)
+    mirror = {k: mcfg[k] for k in ("noise_std", "lr", "weight_decay", "batch_size", "size")} if rule == "wm" else {}
     rows, epoch0, epoch_state = [], 0, None
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])  # CPU tensors copied into the device's parameters
