@@ -57,7 +57,7 @@ def _module_file(name: str) -> Path | None:
     return None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _tree(name: str) -> ast.Module:
     path = _module_file(name)
     if path is None:
@@ -122,7 +122,7 @@ def _parents(name: str) -> list[str]:
     return [".".join(parts[:i]) for i in range(1, len(parts))]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def stage_modules(stage: str) -> tuple[str, ...]:
     """The dlwt modules `stage` runs, neutral ones left out, sorted."""
     if stage not in ENTRY:
@@ -153,7 +153,7 @@ def stage_files(stage: str) -> list[str]:
     return [str(_module_file(m).relative_to(PACKAGE_DIR.parent)) for m in stage_modules(stage)]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def stage_hash(stage: str) -> str:
     """A short hash of the contents of `stage`'s code dependencies (the Snakefile's `code` rerun trigger)."""
     h = hashlib.sha256()

@@ -227,7 +227,7 @@ def final_alignment(df: pd.DataFrame, params: dict):
                     **_style(params))
     _stagger_markers(g, int(d.groupby("arch")["depth"].max().max()) + 1)
     g.set_titles("{row_name}: {col_name}").set_axis_labels("layer", "angle (deg)")
-    for (arch_lbl, quantity), ax in g.axes_dict.items():
+    for (arch_lbl, _), ax in g.axes_dict.items():
         arch = next((a for a in params["model"]["archs"] if arch_label(a) == arch_lbl), arch_lbl)
         layers = list(pd.unique(d.loc[d["arch"] == arch, "layer"]))
         _layer_ticks(ax, layers)

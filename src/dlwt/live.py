@@ -7,7 +7,8 @@ its own server and a second logging format).
 
 Every `train.log_every` steps: train/loss (mean over the epoch so far), train/lr, train/images_per_s; every
 epoch: val/top1_err, val/top5_err, val/loss, align/mean_angle_deg and align/<layer> (angle of B to W),
-grad_align/mean_angle_deg and grad_align/<layer> (angle of the rule's update to backprop's). The step axis is the global training step.
+grad_align/mean_angle_deg and grad_align/<layer> (angle of the rule's update to backprop's). The step axis is
+the global training step.
 Rank 0 only under DDP. Without dvclive installed (a core install), training says so once and goes on.
 """
 from __future__ import annotations
