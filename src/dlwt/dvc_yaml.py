@@ -22,6 +22,7 @@ HEADER = """\
 # stages' outputs are not cached (ImageNet is too big for a remote); final.pt is.
 """
 TEMPLATE = "dlwt_rules"  # .dvc/plots/dlwt_rules.json: colour by rule, a panel per arch (from each file's run id)
+CURVES_TEMPLATE = "dlwt_curves"  # .dvc/plots/dlwt_curves.json: the same from curves.csv's <arch>-<rule> columns
 # (DVCLive series under a run's dvclive/plots/metrics/, its column, the plot's y label)
 COMPARISONS = (("val/top1_err.tsv", "top1_err", "top-1 test error (fraction)"),
                ("align/mean_angle_deg.tsv", "mean_angle_deg", "angle(B, W), mean over layers (deg)"),
@@ -71,7 +72,8 @@ def plots(params: dict) -> list:
     # which the DVCLive files (outputs kept in the workspace, not in git) cannot
     curves = str(layout.report_files(params)["curves.csv"])
     lines = [f"{a}-{r}" for a in params["model"]["archs"] for r in params["model"]["rules"]]
-    out.append({curves: {"x": "epoch", "y": lines, "template": "linear", "y_label": "top-1 error (%), mean over seeds"}})
+    out.append({curves: {"x": "epoch", "y": lines, "template": CURVES_TEMPLATE,
+                         "y_label": "top-1 error (%), mean over seeds"}})
     return out
 
 
