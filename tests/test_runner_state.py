@@ -146,3 +146,11 @@ def test_dvc_exp_run_sets_a_value_of_the_overlays_params_file(finished):
     proc = sh([BIN / "dvc", "exp", "run", "-S", "params.ci.yaml:report.dpi=100", "--name", "dpi100"], repo,
               {**env, "DLWT_FAKE_TAG": "dpi100"})
     assert "dpi100" in sh([BIN / "dvc", "exp", "show", "--no-pager", "--csv"], repo, env).stdout, proc.stdout
+
+
+def test_the_slurm_profile_previews_on_a_node_without_apptainer(finished):
+    """The README's preview command: a dry run with the SLURM profile where no apptainer is installed."""
+    repo, env = finished
+    out = sh([BIN / "snakemake", "-n", "--profile", "profiles/slurm", "--sdm", "env-modules", "--configfile",
+              "config/ci.yaml", "--forceall"], repo, env).stdout
+    assert re.search(r"^rule train:", out, re.M) and "This was a dry-run" in out
