@@ -1,12 +1,15 @@
-"""The pipeline's one DAG: every job's command, the files it reads and writes, and the params keys it reads.
-The Snakefile runs it, dvc.yaml is generated from it, and `dlwt train` restarts a half-finished run exactly
-when one of `train_keys` changed. Imports neither torch nor pandas: the Snakefile reads it on login nodes.
+"""The pipeline's one DAG: every job's command, the files it reads and writes, the params keys it reads and the
+source files it runs. The Snakefile runs it, dvc.yaml is generated from it (dlwt.dvc_yaml), and `dlwt train`
+restarts a half-finished run exactly when one of `train_keys` changed. Nothing here is declared twice: the keys
+come from each key's `x-read-by` in params_schema.yaml, the files from dlwt.layout, the code from dlwt.code_deps.
+Imports neither torch nor pandas: the Snakefile reads it on login nodes.
 
-    dlwt dag                                  # every job: stage, command, params keys
-    dlwt dag --write dvc.yaml                 # regenerate dvc.yaml from params.yaml (after editing model.*, exp,
-    dlwt dag --check dvc.yaml                 #   data.root/dataset/source); --check: exit 2 when it is stale (CI)
+    dlwt dag                                          # every job: stage, command, params keys
+    dlwt dag --write dvc.yaml                         # regenerate dvc.yaml from params.yaml (after editing model.*,
+    dlwt dag --check dvc.yaml                         #   exp, data.root/dataset/source); --check: exit 2 if stale (CI)
+    dlwt dag --overlay config/demo.yaml --write dvc.yaml   # DVC on an overlay: dvc.yaml + params.demo.yaml
 
-A key is a dotted path into params ("train.lr"); a key naming a section ("mirror") means every key under it.
+A key is a dotted path into params ("train.lr"), one per schema node with x-read-by (data.urls is one key).
 """
 from __future__ import annotations
 
