@@ -39,24 +39,23 @@ def stages(params: dict, written: dict | None = None, params_file: str = "params
     """dvc.yaml's `stages:` mapping. `written`: the params file as written, before defaults are filled in; keys
     it lacks are left out (DVC stops on a params key missing from the file)."""
     written = params if written is None else written
-    stages = {}
+    metrics, stages = str(layout.dvc_metrics(params)), {}
     for j in dag.jobs(params):
         outs = []
-        for path in j.outs:
-            if path in (str(layout.dvc_metrics(params)),):
-                continue
-            cached = j.stage == "train" and path.endswith(".pt")  # checkpoints: `dvc push` backs them up
-            # the report's files persist: DVC leaves them in place while it reruns the report, so a failed
-            # report keeps the last good one (the committed paper/<exp>/)
-            outs.append(path if cached else {path: {"cache": False, **({"persist": True} if j.stage == "report"
-                                                                       else {})}})
+        for path in (p for p in j.outs if p != metrics):  # the metrics file is declared as metrics below
+            if j.stage == "train" and path.endswith(".pt"):  # checkpoints are cached: `dvc push` backs them up
+                outs.append(path)
+            elif j.stage == "report":  # persist: DVC leaves the last good report in place while it reruns
+                outs.append({path: {"cache": False, "persist": True}})  # (a failed report keeps paper/<exp>/)
+            else:
+                outs.append({path: {"cache": False}})
         keys = [k for k in j.keys if dag._get(written, k, dag._ABSENT) is not dag._ABSENT]
         stage = {"cmd": j.command(params_file), "deps": [*j.deps, *j.code],
                  "params": keys if params_file == "params.yaml" else [{params_file: keys}], "outs": outs}
         if j.live:  # DVCLive's folder: appended to across a resume (persist); plots come from it at the top level
             outs.append({j.live: {"cache": False, "persist": True}})
         if j.stage == "report":
-            stage["metrics"] = [{str(layout.dvc_metrics(params)): {"cache": False, "persist": True}}]
+            stage["metrics"] = [{metrics: {"cache": False, "persist": True}}]
         stages[j.name] = stage
     return stages
 
