@@ -17,7 +17,7 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from dlwt import dag, doctor, evaluate, params, train
+    from dlwt import dag, doctor, dvc_yaml, evaluate, params, train
     from dlwt.data import stages
 
     parser = argparse.ArgumentParser(prog="dlwt", description="Deep Learning without Weight Transport",
@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report(sub)
     doctor.add_subparser(sub)
     params.add_subparser(sub)
-    dag.add_subparser(sub)
+    dvc_yaml.add_subparser(sub)
     dag.add_check_outputs_subparser(sub)
     return parser
 
