@@ -4,12 +4,14 @@
 
 Reads, for every arch x rule x seed that params expects, results/<exp>/eval/<arch>-<rule>-s<seed>.json (final
 test numbers) and results/<exp>/runs/<arch>-<rule>-s<seed>/metrics.jsonl (per-epoch curves), and writes,
-each file atomically (temp file + os.replace):
+each file atomically (temp file + os.replace), exactly the files of dlwt.layout.report_files:
     results/<exp>/summary.csv     tidy: arch, rule, seed, epoch, metric, value (units as in the inputs: errors
                                   are fractions); per-layer metrics are named '<metric>/<layer>', final
                                   (evaluation) ones start with 'final_'
     results/<exp>/summary.json    per arch x rule: top-1/top-5 error (%) and angle(B, W) (deg; mean over
-                                  layers, and per layer) with sample std over seeds, n, flagged runs (DVC metrics)
+                                  layers, and per layer) with sample std over seeds, n, flagged runs
+    results/<exp>/metrics.json    the flat part DVC shows (`dvc metrics show`): per arch-rule top-1/top-5 mean, sd,
+                                  mean angle, seeds
     results/<exp>/curves.csv      epoch, then one column per <arch>-<rule>: top-1 test error (%) mean over seeds
                                   (the DVC plots file: one line per rule and arch)
     paper/<exp>/table1.md, table1.tex, figures/*.pdf|png, README.md (verdicts: see dlwt.claims)
