@@ -5,12 +5,15 @@
 #   snakemake --configfile config/demo.yaml --report report.html   # after a run: Table 1, figures, README, costs
 # Every job, its command, files and params keys come from src/dlwt/dag.py (dvc.yaml is generated from it too);
 # this file adds what only Snakemake has: threads, GPUs, logs, benchmarks, the container and the HTML report.
+# Code: each rule's command ends in a comment holding the hash of the source files its stage runs
+# (dlwt.code_deps, computed from the imports), so Snakemake's `code` rerun trigger reruns a stage whose code
+# changed, as `dvc repro` does; modules declared output-neutral there (progress, live logging) rerun nothing.
 import os
 import re
 import sys
 
 import dlwt.dag as dag
-from dlwt import layout
+from dlwt import code_deps, layout
 from dlwt.errors import DlwtError
 from dlwt.params import complete, validate
 
@@ -22,6 +25,14 @@ def one_line(check, *args, **kwargs):
     except DlwtError as e:
         print(f"dlwt: {e}", file=sys.stderr)
         os._exit(2)  # SystemExit would be caught and printed with a traceback by Snakemake
+
+
+# Snakemake 9's `--list-changes params` lists one output of every job, changed or not: ParamsChange iterates its
+# files even when it holds no change (the iteration added by snakemake PR #3313 for issue #3288), so `snakemake
+# -R $(snakemake --lc params)` would rerun everything. Iterate the files of a real change only, as `-n` judges.
+from snakemake.persistence import ParamsChange  # noqa: E402
+
+ParamsChange.__iter__ = lambda self: iter(self.files if self else ())
 
 
 configfile: "params.yaml"
@@ -60,9 +71,16 @@ def command(stage):
     return lambda w: J(stage, w.get("run")).command(PARAMS)
 
 
+def shell_line(stage, cmd):
+    """The rule's shell command: `cmd`, its log, and the hash of its stage's code (a comment: the code trigger)."""
+    return f"{cmd} > {{log}} 2>&1  # code {code_deps.stage_hash(stage)}"
+
+
 def reported(path):
-    """Mark the report's files for `snakemake --report`: Table 1, the README with the verdicts, the figures."""
-    path = str(path)
+    """A report output: updated in place (Snakemake keeps the last good file while the job runs and restores it
+    when the job fails, where it would delete it: paper/<exp>/ is committed), and marked for `snakemake
+    --report`: Table 1, the README with the verdicts, the figures."""
+    path = update(str(path))
     if path.endswith(".png"):
         return report(path, category="Figures", labels={"figure": os.path.basename(path)[:-4]})
     if path.endswith(("table1.md", "README.md", "summary.csv")):
@@ -101,7 +119,7 @@ rule acquire:
     container:
         IMAGE
     shell:
-        f"{J('acquire').command(PARAMS)} > {{log}} 2>&1"
+        shell_line("acquire", J("acquire").command(PARAMS))
 
 
 rule extract:
@@ -118,7 +136,7 @@ rule extract:
     container:
         IMAGE
     shell:
-        f"{J('extract').command(PARAMS)} > {{log}} 2>&1"
+        shell_line("extract", J("extract").command(PARAMS))
 
 
 rule convert:
@@ -136,7 +154,7 @@ rule convert:
     container:
         IMAGE
     shell:
-        f"{J('convert').command(PARAMS)} > {{log}} 2>&1"
+        shell_line("convert", J("convert").command(PARAMS))
 
 
 rule train:
@@ -162,7 +180,7 @@ rule train:
     container:
         IMAGE
     shell:
-        "{params.cmd} > {log} 2>&1"
+        shell_line("train", "{params.cmd}")
 
 
 rule evaluate:
@@ -183,7 +201,7 @@ rule evaluate:
     container:
         IMAGE
     shell:
-        "{params.cmd} > {log} 2>&1"
+        shell_line("evaluate", "{params.cmd}")
 
 
 rule report:
@@ -198,4 +216,4 @@ rule report:
     container:
         IMAGE
     shell:
-        f"{J('report').command(PARAMS)} > {{log}} 2>&1"
+        shell_line("report", J("report").command(PARAMS))

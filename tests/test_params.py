@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dlwt import dag
+from dlwt import dag, dvc_yaml
 from dlwt.data.config import DATA_DEFAULTS, resolve
 from dlwt.params import ParamsError, complete, load, read_merged, schema
 
@@ -59,7 +59,7 @@ def test_params_yaml_lists_every_key_a_stage_reads():
     """DVC rejects a params key missing from params.yaml, and dvc.yaml leaves such keys out: a key params.yaml
     did not list would be one whose edits DVC never sees."""
     params, written = load(REPO / "params.yaml"), read_merged(REPO / "params.yaml")
-    stages = dag.dvc_stages(params, written)
+    stages = dvc_yaml.stages(params, written)
     for job in dag.jobs(params):
         assert stages[job.name]["params"] == job.keys, job.name
 

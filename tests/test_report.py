@@ -279,7 +279,7 @@ def test_runs_with_a_broken_recipe_are_flagged(tmp_path):
                                                        "train loss rose at epoch 3"]}
     assert out["summary"]["resnet18"]["fa"]["n_flagged"] == 1 and out["summary"]["resnet18"]["bp"]["n_flagged"] == 0
     md = (tmp_path / "paper" / "t" / "table1.md").read_text()
-    assert _row(md, "FA")[0].startswith("**29.50 †** ") and "†" not in _row(md, "BP")[0]
+    assert _row(md, "FA")[0].startswith("**29.50 †**") and "†" not in _row(md, "BP")[0]
     readme = (tmp_path / "paper" / "t" / "README.md").read_text()
     assert "| FA | 0 | 29.50 |" in readme and "† first-epoch train loss 7.50 > ln(10) = 2.30" in readme
     assert "rests on flagged runs: resnet18-fa-s0" in readme
@@ -300,7 +300,7 @@ def test_references_only_beside_the_same_dataset(tmp_path):
     write_run(tmp_path / "results" / "t", "resnet18", "bp", 0, 0.3)
     rp.report(tmp_path / "results", tmp_path / "paper", params)
     md = (tmp_path / "paper" / "t" / "table1.md").read_text()
-    assert "(digits)" in md and "(ref. no source)" in md and "30.24" not in md
+    assert "(digits)" in md and "(ref." not in md and "30.24" not in md  # no reference bracket in any cell
     assert "Published references are for imagenet; this experiment uses digits" in md
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dlwt import dag, layout
+from dlwt import dag, dvc_yaml, layout
 from dlwt.params import deep_merge, load
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,7 +52,7 @@ def finished(tmp_path_factory):
             "__pycache__")} if src.is_dir() else {}))
     params = load(REPO / "params.yaml", [REPO / "config" / "ci.yaml"])
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (repo / "dvc.yaml").write_text(dag.dvc_yaml(params))
+    (repo / "dvc.yaml").write_text(dvc_yaml.render(params))
     (repo / ".gitignore").write_text("/data/\n/logs/\n/.snakemake/\n__pycache__/\n/results/\n/paper/ci/\n")
     sh(["git", "init", "-q"], repo)
     sh([BIN / "dvc", "init", "-q"], repo)
@@ -89,7 +89,7 @@ def dvc_reruns(repo: Path, overlay: dict) -> set[str]:
     params = deep_merge(yaml.safe_load(base_params), overlay)
     try:
         (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        (repo / "dvc.yaml").write_text(dag.dvc_yaml(params))
+        (repo / "dvc.yaml").write_text(dvc_yaml.render(params))
         changed = set(json.loads(sh([BIN / "dvc", "status", "--json"], repo).stdout))
         with Repo(str(repo)) as dvc:
             graph = dvc.index.graph  # edges point from a stage to the stages it depends on

@@ -28,7 +28,7 @@ STAGES = {
     "report": ("dlwt.cli", "_add_report", "Table 1, figures and README (with verdicts) from an experiment"),
     "doctor": ("dlwt.doctor", "add_subparser", "check this machine against params and time every rule (run first)"),
     "params": ("dlwt.params", "add_subparser", "print the merged, validated params (YAML) that every stage reads"),
-    "dag": ("dlwt.dag", "add_subparser", "the pipeline's jobs and their params keys; write or check dvc.yaml"),
+    "dag": ("dlwt.dvc_yaml", "add_subparser", "the pipeline's jobs and their params keys; write or check dvc.yaml"),
     "check-outputs": ("dlwt.dag", "add_check_outputs_subparser",
                       "exit 2 unless every output of the pipeline exists and is non-empty"),
 }

@@ -1,63 +1,67 @@
-"""The pipeline's one DAG: every job's command, the files it reads and writes, and the params keys it reads.
-The Snakefile runs it, dvc.yaml is generated from it, and `dlwt train` restarts a half-finished run exactly
-when one of `train_keys` changed. Imports neither torch nor pandas: the Snakefile reads it on login nodes.
+"""The pipeline's one DAG: every job's command, the files it reads and writes, the params keys it reads and the
+source files it runs. The Snakefile runs it, dvc.yaml is generated from it (dlwt.dvc_yaml), and `dlwt train`
+restarts a half-finished run exactly when one of `train_keys` changed. Nothing here is declared twice: the keys
+come from each key's `x-read-by` in params_schema.yaml, the files from dlwt.layout, the code from dlwt.code_deps.
+Imports neither torch nor pandas: the Snakefile reads it on login nodes.
 
-    dlwt dag                                  # every job: stage, command, params keys
-    dlwt dag --write dvc.yaml                 # regenerate dvc.yaml from params.yaml (after editing model.*, exp,
-    dlwt dag --check dvc.yaml                 #   data.root/dataset/source); --check: exit 2 when it is stale (CI)
+    dlwt dag                                          # every job: stage, command, params keys
+    dlwt dag --write dvc.yaml                         # regenerate dvc.yaml from params.yaml (after editing model.*,
+    dlwt dag --check dvc.yaml                         #   exp, data.root/dataset/source); --check: exit 2 if stale (CI)
+    dlwt dag --overlay config/demo.yaml --write dvc.yaml   # DVC on an overlay: dvc.yaml + params.demo.yaml
 
-A key is a dotted path into params ("train.lr"); a key naming a section ("mirror") means every key under it.
+A key is a dotted path into params ("train.lr"), one per schema node with x-read-by (data.urls is one key).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import shlex
 from dataclasses import dataclass, field
 
-from dlwt import layout
+from dlwt import code_deps, layout
 from dlwt.data import acquired_path, ffcv_dir, images_dir
 from dlwt.errors import DlwtError
 
 STAGES = ("acquire", "extract", "convert", "train", "evaluate", "report")
 
-# Settings that change how fast or where a job runs, never what it writes: editing them reruns nothing, and
-# `dlwt train` resumes across them. tests/test_pipeline.py checks that every key of the schema is either read by a
-# stage below or listed here, so a new key must be placed on one side.
-OPERATIONAL = ("container", "data.num_workers", "data.os_cache", "train.device",
-               "train.check_every", "train.checkpoint_minutes", "train.log_every")
 
-# acquire and extract read the section of the chosen source only (editing data.digits does not redo ImageNet).
-ACQUIRE_KEYS = {"imagenet": ("data.raw_dir", "data.urls"), "synthetic": ("data.raw_dir", "data.synthetic"),
-                "imagefolder": ("data.imagefolder",), "digits": (),
-                "fashion-mnist": ("data.fashion_mnist",), "cifar10": ("data.cifar",), "cifar100": ("data.cifar",)}
-EXTRACT_KEYS = {"imagenet": (), "synthetic": (), "imagefolder": ("data.imagefolder",), "digits": ("data.digits",),
-                "fashion-mnist": ("data.fashion_mnist",), "cifar10": ("data.cifar",), "cifar100": ("data.cifar",)}
-CONVERT_KEYS = ("data.max_resolution", "data.jpeg_quality", "data.compress_probability", "data.write_mode",
-                "data.page_size", "data.on_corrupt")
-# What the validation loader reads (train runs validate every epoch, evaluate once at the end).
-VAL_LOADER_KEYS = ("data.backend", "data.batch_size", "data.res", "data.val_res", "data.crop_ratio", "model.stem")
-TRAIN_KEYS = (*VAL_LOADER_KEYS, "data.train_crop_scale", "data.train_flip", "data.seed", "data.min_res", "data.ramp",
-              "train.epochs", "train.lr", "train.lr_batch", "train.momentum", "train.nesterov", "train.weight_decay",
-              "train.schedule", "train.milestones", "train.gamma", "train.warmup_epochs", "train.label_smoothing",
-              "train.amp", "train.channels_last", "train.compile", "train.align_batch",
-              "train.gpus")  # gpus x data.batch_size is the global batch: the lr and the steps per epoch follow it
-WM_KEYS = ("mirror",)  # the weight mirror runs in wm's training only
-EVALUATE_KEYS = (*VAL_LOADER_KEYS, "train.amp", "train.grad_batch")
-REPORT_KEYS = ("exp", "data.dataset", "model.archs", "model.rules", "model.seeds", "report")
+@functools.lru_cache(maxsize=1)
+def declared() -> dict[str, tuple[tuple[str, ...], bool]]:
+    """{dotted key: (its x-read-by, x-names-files)} for every key of params_schema.yaml, in schema order: the one
+    declaration of who reads what. A key is a node with `x-read-by` (data.urls is one key: a free-form map)."""
+    from dlwt.params import schema
 
-# Code each stage runs, for DVC (content hashes: a code edit reruns the stage). Snakemake goes by mtimes, which
-# a `git checkout` touches, so it does not list code: after a code change use `snakemake --forcerun <rule>`.
-CODE = {"acquire": ("src/dlwt/data/stages.py", "src/dlwt/data/imagenet.py", "src/dlwt/data/synthetic.py"),
-        "extract": ("src/dlwt/data/stages.py", "src/dlwt/data/imagenet.py", "src/dlwt/data/digits.py",
-                    "src/dlwt/data/imagefolder.py"),
-        "convert": ("src/dlwt/data/ffcv_io.py",),
-        "train": ("src/dlwt/rules.py", "src/dlwt/feedback_autograd.py", "src/dlwt/models.py", "src/dlwt/engine.py",
-                  "src/dlwt/train.py", "src/dlwt/data/loaders.py"),
-        "evaluate": ("src/dlwt/rules.py", "src/dlwt/feedback_autograd.py", "src/dlwt/models.py", "src/dlwt/engine.py",
-                     "src/dlwt/evaluate.py", "src/dlwt/data/loaders.py"),
-        "report": ("src/dlwt/report.py", "src/dlwt/figures.py")}
+    out = {}
+
+    def walk(node: dict, prefix: str) -> None:
+        for name, sub in node.get("properties", {}).items():
+            key = prefix + name
+            if "x-read-by" in sub:
+                out[key] = (tuple(sub["x-read-by"]), bool(sub.get("x-names-files")))
+            elif "properties" in sub:
+                walk(sub, key + ".")
+            else:
+                raise DlwtError(f"src/dlwt/params_schema.yaml: {key} has no x-read-by: list the stages whose "
+                                "outputs depend on it ([] when none do)")
+    walk(schema(), "")
+    return out
+
+
+def readers_keys(stage: str, qualifier: str | None = None) -> list[str]:
+    """The keys declared read by every job of `stage`, or by its jobs for `qualifier` (a rule or a source)."""
+    return [k for k, (who, _) in declared().items() if stage in who or f"{stage}:{qualifier}" in who]
+
+
+def operational_keys() -> list[str]:
+    """Keys no stage's outputs depend on (x-read-by: []) that name no files: editing them reruns nothing."""
+    return [k for k, (who, names) in declared().items() if not who and not names]
+
+
+def path_keys() -> list[str]:
+    """Keys that are part of output paths (x-names-files): any stage may read them to find its files."""
+    return [k for k, (_, names) in declared().items() if names]
 
 
 _ABSENT = object()
@@ -72,17 +76,9 @@ def _get(params: dict, key: str, absent=None):
     return node
 
 
-def _leaves(params: dict, key: str) -> list[str]:
-    """`key`, or every leaf key under it when it names a non-empty section of params."""
-    value = _get(params, key)
-    if isinstance(value, dict) and value and key not in ("data.urls",):
-        return [leaf for sub in value for leaf in _leaves(params, f"{key}.{sub}")]
-    return [key]
-
-
-def expand(params: dict, keys) -> list[str]:
-    """Leaf keys of `keys` in params, in order, without repeats."""
-    return list(dict.fromkeys(leaf for key in keys for leaf in _leaves(params, key)))
+def present(params: dict, key: str) -> bool:
+    """Whether params holds `key` (as written: DVC stops on a params key missing from its file)."""
+    return _get(params, key, _ABSENT) is not _ABSENT
 
 
 def pick(params: dict, keys) -> dict:
@@ -90,28 +86,40 @@ def pick(params: dict, keys) -> dict:
     return {key: _get(params, key) for key in keys}
 
 
-def train_keys(params: dict, rule: str) -> list[str]:
+def nested(params: dict, keys) -> dict:
+    """The part of params holding `keys` only, nested as in params (in params order): what the report prints."""
+    out: dict = {}
+    want = set(keys)
+
+    def walk(node: dict, into: dict, prefix: str) -> None:
+        for name, value in node.items():
+            key = prefix + name
+            if key in want:
+                into[name] = value
+            elif isinstance(value, dict) and any(k.startswith(key + ".") for k in want):
+                walk(value, into.setdefault(name, {}), key + ".")
+    walk(params, out, "")
+    return out
+
+
+def train_keys(rule: str) -> list[str]:
     """The dotted keys a train run of `rule` depends on (the mirror's only for wm)."""
-    return expand(params, TRAIN_KEYS + (WM_KEYS if rule == "wm" else ()))
+    return readers_keys("train", rule)
 
 
 def changed_keys(old: dict, new: dict, rule: str) -> list[str]:
     """The keys of a train run of `rule` whose values differ between two params (e.g. a checkpoint's and the
     current ones): `dlwt train` restarts when this is not empty and names them, and resumes otherwise."""
-    keys = list(dict.fromkeys(train_keys(old, rule) + train_keys(new, rule)))
+    keys = train_keys(rule)
     before, after = pick(old, keys), pick(new, keys)
     return [k for k in keys if before[k] != after[k]]
 
 
 def stage_keys(params: dict, stage: str, rule: str | None = None) -> list[str]:
-    """The dotted keys one job of `stage` reads (train: of that rule)."""
-    source = params["data"]["source"]
-    keys = {"acquire": ("data.source", *ACQUIRE_KEYS.get(source, ())),
-            "extract": ("data.source", *EXTRACT_KEYS.get(source, ())),
-            "convert": CONVERT_KEYS, "evaluate": EVALUATE_KEYS, "report": REPORT_KEYS}
-    if stage == "train":
-        return train_keys(params, rule)
-    return expand(params, keys[stage])
+    """The dotted keys one job of `stage` reads (train: of that rule; acquire/extract: of params' source).
+    The report's also include every key its upstream jobs read: its README prints them (report_keys)."""
+    qualifier = rule if stage == "train" else params["data"]["source"] if stage in ("acquire", "extract") else None
+    return readers_keys(stage, qualifier)
 
 
 @dataclass
@@ -123,10 +131,10 @@ class Job:
     outs: list[str]                # files it writes
     keys: list[str]                # params keys it reads
     run: str | None = None         # <arch>-<rule>-s<seed> for train and evaluate
-    code: tuple = field(default=())
-    # live records (DVCLive) the job appends to across a resume: DVC shows them as metrics and plots (persist: a
-    # rerun keeps them); Snakemake is not told, since it deletes a job's declared outputs before running it
-    live: dict = field(default_factory=dict)
+    code: list = field(default_factory=list)  # its source files (code_deps), repository paths: DVC's code deps
+    # the DVCLive folder a train job appends to across a resume: a DVC output that a rerun keeps (persist), whose
+    # series dvc.yaml's plots compare; Snakemake is not told, since it deletes a job's declared outputs first
+    live: str | None = None
 
     @property
     def name(self) -> str:
@@ -167,7 +175,7 @@ def jobs(params: dict) -> list[Job]:
         out.append(Job("train", ["dlwt", "train", "--params", "{params}", *who, "--out", str(r.out)],
                        [p["train_beton"], p["val_beton"]], [str(r.final), str(r.metrics), str(r.config)],
                        stage_keys(params, "train", rule), run,
-                       live={"metrics": str(r.live / "metrics.json"), "plots": str(r.live / "plots" / "metrics")}))
+                       live=str(r.live)))
         out.append(Job("evaluate", ["dlwt", "evaluate", "--params", "{params}", *who, "--checkpoint", str(r.final),
                                     "--out", str(layout.eval_path(exp, run))],
                        [p["val_beton"], str(r.final)], [str(layout.eval_path(exp, run))],
@@ -175,11 +183,24 @@ def jobs(params: dict) -> list[Job]:
     reads = [str(path) for run in layout.run_ids(params)
              for path in (layout.eval_path(exp, run), layout.Run(layout.run_dir(exp, run)).metrics)]
     published = (params.get("report") or {}).get("published")
+    upstream = [k for j in out for k in j.keys]
     out.append(Job("report", ["dlwt", "report", "--params", "{params}"], reads + ([published] if published else []),
-                   [str(f) for f in layout.report_outputs(params)], stage_keys(params, "report")))
-    for job in out:
-        job.code = CODE[job.stage]
+                   [str(f) for f in layout.report_outputs(params)],
+                   list(dict.fromkeys(stage_keys(params, "report") + upstream))))
+    for j in out:
+        j.code = stage_code(j.stage)
     return out
+
+
+def stage_code(stage: str) -> list[str]:
+    """The repository paths of the source files `stage` runs (computed from imports: dlwt.code_deps)."""
+    return [f"{layout.SOURCE_ROOT}/{f}" for f in code_deps.stage_files(stage)]
+
+
+def report_keys(params: dict) -> list[str]:
+    """Every key the report depends on: its own and its upstream jobs' (what the results depend on). The report
+    prints exactly these in its README, so no other edit can leave the README stale."""
+    return job(params, "report").keys
 
 
 def job(params: dict, stage: str, run: str | None = None) -> Job:
@@ -250,92 +271,6 @@ def check_outputs(params: dict) -> list[str]:
                 raise PipelineError(f"{out} is missing or empty: the pipeline did not finish (see logs/)")
             files.append(out)
     return files
-
-
-# ---- dvc.yaml: the same jobs, one DVC stage each --------------------------------------------------------------
-DVC_HEADER = """\
-# GENERATED from src/dlwt/dag.py and params.yaml by `dlwt dag --write dvc.yaml`: do not edit by hand (CI runs
-# `dlwt dag --check dvc.yaml`). Regenerate after editing model.archs/rules/seeds, exp or data.root/dataset/source.
-# One stage per job, each with exactly the params keys it reads: DVC's foreach/matrix cannot vary params by item,
-# and a wm run must depend on mirror.* while the other rules' runs must not. dvc.yaml reads params.yaml only
-# (no overlays). Data stages' outputs are not cached (ImageNet is too big for a remote); final.pt is.
-"""
-
-
-def dvc_stages(params: dict, written: dict | None = None) -> dict:
-    """dvc.yaml's `stages:` mapping for params. `written`: the params file as written, before defaults are
-    filled in; keys it lacks are left out (DVC stops on a params key missing from params.yaml)."""
-    written = params if written is None else written
-    exp = params["exp"]
-    metrics = str(layout.exp_dir(exp) / "summary.json")
-    stages = {}
-    for j in jobs(params):
-        outs = []
-        for path in j.outs:
-            if path == metrics:
-                continue
-            cached = j.stage == "train" and path.endswith(".pt")  # checkpoints: `dvc push` backs them up
-            outs.append(path if cached else {path: {"cache": False}})
-        stage = {"cmd": j.command("params.yaml"), "deps": [*j.deps, *j.code],
-                 "params": [k for k in j.keys if _get(written, k, _ABSENT) is not _ABSENT], "outs": outs}
-        if j.live:
-            stage["metrics"] = [{j.live["metrics"]: {"cache": False, "persist": True}}]
-            stage["plots"] = [{j.live["plots"]: {"cache": False, "persist": True, "x": "step"}}]
-        if j.stage == "report":
-            stage["metrics"] = [{metrics: {"cache": False}}]
-
-        stages[j.name] = stage
-    return stages
-
-
-def dvc_yaml(params: dict, written: dict | None = None) -> str:
-    import yaml
-
-    # curves.csv (a report output): epoch and one column of top-1 error per <arch>-<rule>, the mean over seeds.
-    # A stage's plot takes one y column, a top-level plot several: one line per arch-rule in `dvc plots show`.
-    curves = str(layout.exp_dir(params["exp"]) / "curves.csv")
-    lines = [f"{a}-{r}" for a in params["model"]["archs"] for r in params["model"]["rules"]]
-    plots = [{curves: {"x": "epoch", "y": lines, "template": "linear", "y_label": "top-1 error (%)"}}]
-    return DVC_HEADER + yaml.safe_dump({"stages": dvc_stages(params, written), "plots": plots}, sort_keys=False,
-                                       width=116, default_flow_style=None)
-
-
-def main(args) -> int:
-    from dlwt.params import load, read_merged
-
-    params, written = load(args.params, args.overlay), read_merged(args.params, args.overlay)
-    if args.write:
-        from dlwt.atomic import atomic_write
-
-        atomic_write(args.write, dvc_yaml(params, written))
-        print(f"dlwt dag: wrote {args.write} ({len(jobs(params))} stages)")
-    elif args.check:
-        try:
-            current = open(args.check).read()
-        except OSError as e:
-            raise DlwtError(f"{args.check}: cannot read ({e.strerror}); run `dlwt dag --write {args.check}`") from None
-        if current != dvc_yaml(params, written):
-            raise DlwtError(f"{args.check} is not what {args.params} generates: run `dlwt dag --write {args.check}` "
-                            "and commit it")
-        print(f"dlwt dag: {args.check} is up to date")
-    else:
-        for j in jobs(params):
-            print(f"{j.name}\n    {j.command(args.params)}\n    params: {', '.join(j.keys) or '-'}")
-    return 0
-
-
-def add_subparser(sub) -> None:
-    import argparse
-
-    from dlwt.params import add_arguments
-
-    p = sub.add_parser("dag", help="the pipeline's jobs and their params keys; write or check dvc.yaml",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(p)
-    what = p.add_mutually_exclusive_group()
-    what.add_argument("--write", metavar="DVC_YAML", help="write the DVC pipeline for --params here")
-    what.add_argument("--check", metavar="DVC_YAML", help="exit 2 unless this file is what --write would write")
-    p.set_defaults(func=main)
 
 
 def add_check_outputs_subparser(sub) -> None:

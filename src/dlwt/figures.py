@@ -19,6 +19,8 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from dlwt import layout  # noqa: E402
+
 RULE_ORDER = ("bp", "fa", "ss", "wm", "kp")
 RULE_LABELS = {"bp": "BP", "fa": "FA", "ss": "SS", "wm": "WM", "kp": "KP"}
 ARCH_LABELS = {"resnet18": "ResNet-18", "resnet50": "ResNet-50", "resnet8": "ResNet-8", "resnet20": "ResNet-20",
@@ -134,16 +136,20 @@ def angle_curves(df: pd.DataFrame, params: dict, arch: str):
     if d.empty:
         return placeholder(f"{arch_label(arch)}: no per-layer angles in metrics.jsonl")
     # Mean over seeds: with 20-50 layers a band per layer would bury the lines.
-    d = _label_rules(d).groupby(["Rule", "depth", "epoch"], as_index=False)["value"].mean()
-    rules = _rules(params)
+    # BP's B is W: its angle is 0 by definition, a panel of flat lines at 0 says nothing (the suptitle says so)
+    d = _label_rules(d[d["rule"] != "bp"]).groupby(["Rule", "depth", "epoch"], as_index=False)["value"].mean()
+    rules = [r for r in _rules(params) if r != RULE_LABELS["bp"]]
+    if d.empty:
+        return placeholder(f"{arch_label(arch)}: only BP, whose angle(B, W) is 0 by definition")
     n_layers = int(d["depth"].max()) + 1
     g = sns.relplot(data=d, x="epoch", y="value", hue="depth", palette="viridis", hue_norm=(0, max(1, n_layers - 1)),
-                    col="Rule", col_order=rules, col_wrap=min(len(rules), 3), kind="line", errorbar=None,
+                    col="Rule", col_order=rules, col_wrap=len(rules) if len(rules) <= 4 else 3, kind="line", errorbar=None,
                     height=2.6, aspect=1.2, legend=False)
     g.set_titles("{col_name}").set_axis_labels("epoch", "angle(B, W) (deg)")
     _finish(g)
     _depth_colorbar(g, n_layers)
-    g.figure.suptitle(f"{arch_label(arch)}: feedback-weight alignment per layer", y=1.02)
+    bp = " (BP: 0° by definition, not drawn)" if "bp" in params["model"]["rules"] else ""
+    g.figure.suptitle(f"{arch_label(arch)}: feedback-weight alignment per layer{bp}", y=1.02)
     return g.figure
 
 
@@ -185,11 +191,19 @@ def grad_alignment_curves(df: pd.DataFrame, params: dict):
 
 
 def _layer_ticks(ax, layers: list[str]) -> None:
-    """Name only the stage boundaries (conv1, layerN, fc): 54 ResNet-50 layer names would be unreadable."""
-    ticks = [(i, n.split(".")[0]) for i, n in enumerate(layers)
-             if "." not in n or n.endswith(".0.conv1")]
-    # ResNet-50's layer1 starts right after conv1: two labels one position apart would overprint
-    ticks = [t for t, nxt in zip(ticks, ticks[1:] + [(1 << 30, "")]) if nxt[0] - t[0] > 1]
+    """Name only the stage boundaries (conv1, layerN, fc): 54 ResNet-50 layer names would be unreadable. The
+    first position is always named; a boundary too close to the one before (layer1 right after conv1) joins
+    its label ("conv1 + layer1") instead of overprinting it."""
+    gap = max(2, len(layers) // 12)
+    ticks: list[list] = []
+    for i, n in enumerate(layers):
+        if "." in n and not n.endswith(".0.conv1"):
+            continue
+        name = n.split(".")[0]
+        if ticks and i - ticks[-1][0] < gap:
+            ticks[-1][1] += f" + {name}"
+        else:
+            ticks.append([i, name])
     if ticks:
         ax.set_xticks([i for i, _ in ticks], [t for _, t in ticks], rotation=45, ha="right")
 
@@ -213,29 +227,27 @@ def final_alignment(df: pd.DataFrame, params: dict):
                     **_style(params))
     _stagger_markers(g, int(d.groupby("arch")["depth"].max().max()) + 1)
     g.set_titles("{row_name}: {col_name}").set_axis_labels("layer", "angle (deg)")
-    for (arch_lbl, quantity), ax in g.axes_dict.items():
+    for (arch_lbl, _), ax in g.axes_dict.items():
         arch = next((a for a in params["model"]["archs"] if arch_label(a) == arch_lbl), arch_lbl)
         layers = list(pd.unique(d.loc[d["arch"] == arch, "layer"]))
         _layer_ticks(ax, layers)
-        if quantity == G_ANGLE and layers:
-            # the classifier's weight gradient is the error times its input: no B on the way, so it is
-            # backprop's under every rule; its 0 degrees is true by construction, not a result
-            ax.annotate("classifier: 0° under every rule\n(true by construction: no B\non its gradient's path)",
-                        xy=(len(layers) - 1, 0), xytext=(0.6, 0.5), textcoords="axes fraction", fontsize=7,
-                        ha="center", bbox=dict(boxstyle="round", fc="white", ec="0.7", alpha=0.9),
-                        arrowprops=dict(arrowstyle="->", color="0.3", lw=0.8))
     _finish(g, integer_x=False)
+    # the classifier's weight gradient is the error times its input: no B on the way, so it is backprop's under
+    # every rule; its 0 degrees is true by construction, not a result. Said under the panels, where no line is.
+    g.figure.text(0.5, -0.02, "gradients: the classifier's (last position's) 0° holds under every rule by "
+                  "construction (no B on its gradient's path)", ha="center", va="top", fontsize=8, color="0.3")
     return g.figure
 
 
+# what each figure of dlwt.layout.figures draws (its file names are spelled there)
+DRAW = {"error_vs_epoch": error_curves, "final_error": final_error, "angle_vs_epoch": angle_curves,
+        "final_alignment": final_alignment, "grad_alignment_vs_epoch": grad_alignment_curves}
+
+
 def draw_all(df: pd.DataFrame, params: dict) -> dict:
-    """{file stem: Figure} for every figure of the report; the set of stems depends only on params."""
-    figs = {"fig_error_vs_epoch": error_curves(df, params), "fig_final_error": final_error(df, params)}
-    for arch in params["model"]["archs"]:
-        figs[f"fig_angle_vs_epoch_{arch}"] = angle_curves(df, params, arch)
-    figs["fig_final_alignment"] = final_alignment(df, params)
-    figs["fig_grad_alignment_vs_epoch"] = grad_alignment_curves(df, params)
-    return figs
+    """{file stem: Figure} for every figure of the report: exactly dlwt.layout.figures(params), in its order."""
+    return {stem: DRAW[what](df, params, *([arch] if arch else []))
+            for stem, (what, arch) in layout.figures(params).items()}
 
 
 def render(fig, dpi: int = 150) -> dict:

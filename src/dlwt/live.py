@@ -7,7 +7,8 @@ its own server and a second logging format).
 
 Every `train.log_every` steps: train/loss (mean over the epoch so far), train/lr, train/images_per_s; every
 epoch: val/top1_err, val/top5_err, val/loss, align/mean_angle_deg and align/<layer> (angle of B to W),
-grad_align/<layer> (angle of the rule's update to backprop's). The step axis is the global training step.
+grad_align/mean_angle_deg and grad_align/<layer> (angle of the rule's update to backprop's). The step axis is
+the global training step.
 Rank 0 only under DDP. Without dvclive installed (a core install), training says so once and goes on.
 Live metrics never block training: a metrics.json left empty or torn (DVCLive rewrites it in place, so a kill
 mid-write leaves it so) is set aside with one line before resuming, and any error of the logger itself (a full
@@ -72,7 +73,10 @@ class LiveLog:
         angles = {name: a["angle_deg"] for name, a in row["alignment"].items()}
         values["align/mean_angle_deg"] = statistics.mean(angles.values())
         values.update({f"align/{name}": v for name, v in angles.items()})
-        values.update({f"grad_align/{name}": v for name, v in row.get("grad_alignment", {}).items()})
+        grads = row.get("grad_alignment") or {}
+        if grads:  # the mean: what dvc.yaml's gradient-alignment plot compares across rules
+            values["grad_align/mean_angle_deg"] = statistics.mean(grads.values())
+        values.update({f"grad_align/{name}": v for name, v in grads.items()})
         self._log(step, values)
 
     def close(self) -> None:

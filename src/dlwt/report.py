@@ -4,12 +4,14 @@
 
 Reads, for every arch x rule x seed that params expects, results/<exp>/eval/<arch>-<rule>-s<seed>.json (final
 test numbers) and results/<exp>/runs/<arch>-<rule>-s<seed>/metrics.jsonl (per-epoch curves), and writes,
-each file atomically (temp file + os.replace):
+each file atomically (temp file + os.replace), exactly the files of dlwt.layout.report_files:
     results/<exp>/summary.csv     tidy: arch, rule, seed, epoch, metric, value (units as in the inputs: errors
                                   are fractions); per-layer metrics are named '<metric>/<layer>', final
                                   (evaluation) ones start with 'final_'
     results/<exp>/summary.json    per arch x rule: top-1/top-5 error (%) and angle(B, W) (deg; mean over
-                                  layers, and per layer) with sample std over seeds, n, flagged runs (DVC metrics)
+                                  layers, and per layer) with sample std over seeds, n, flagged runs
+    results/<exp>/metrics.json    the flat part DVC shows (`dvc metrics show`): per arch-rule top-1/top-5 mean, sd,
+                                  mean angle, seeds
     results/<exp>/curves.csv      epoch, then one column per <arch>-<rule>: top-1 test error (%) mean over seeds
                                   (the DVC plots file: one line per rule and arch)
     paper/<exp>/table1.md, table1.tex, figures/*.pdf|png, README.md (verdicts: see dlwt.claims)
@@ -30,7 +32,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from dlwt import claims, figures
+from dlwt import claims, dag, figures, layout
 from dlwt.atomic import atomic_write
 from dlwt.errors import DlwtError
 from dlwt.figures import RULE_LABELS, arch_label
@@ -44,8 +46,7 @@ COLUMNS = ["arch", "rule", "seed", "epoch", "metric", "value"]
 TIMING = ("images_per_s", "seconds", "train_seconds", "val_seconds")
 
 
-def run_name(arch: str, rule: str, seed: int) -> str:
-    return f"{arch}-{rule}-s{seed}"
+run_name = layout.run_id  # <arch>-<rule>-s<seed>, spelled once (dlwt.layout)
 
 
 def expected_runs(params: dict) -> list[tuple[str, str, int]]:
@@ -98,11 +99,14 @@ def _is_num(x) -> bool:
 
 
 def load(exp_dir: Path, params: dict) -> dict:
-    """Every expected run's eval dict and metrics rows, and the names of those without one."""
+    """Every expected run's eval dict and metrics rows (under exp_dir, results/<exp>), and the names of those
+    without one."""
+    results_dir = Path(exp_dir).parent
     out = {"evals": {}, "metrics": {}, "missing_eval": [], "missing_metrics": []}
     for a, r, s in expected_runs(params):
         name = run_name(a, r, s)
-        ev, mt = exp_dir / "eval" / f"{name}.json", exp_dir / "runs" / name / "metrics.jsonl"
+        ev = layout.eval_path(params["exp"], name, results_dir)
+        mt = layout.Run(layout.run_dir(params["exp"], name, results_dir)).metrics
         if ev.is_file():
             out["evals"][a, r, s] = read_eval(ev, a, r, s)
         else:
@@ -193,6 +197,13 @@ def n_classes(params: dict) -> int | None:
     return len(json.loads(p.read_text())) if p.is_file() else None
 
 
+def shows_top5(params: dict) -> bool:
+    """Top-5 error is shown where it says something: more than 10 classes (or an unknown count). With 10
+    classes, 5 guesses cover half of them: the demo's top-5 is ~1% for every rule."""
+    classes = n_classes(params)
+    return classes is None or classes > 10
+
+
 def run_flags(log: list[dict], classes: int | None) -> list[str]:
     """Why a run's recipe looks broken: a first epoch worse than guessing, a train loss that rises."""
     losses = [(row["epoch"], row.get("train_loss")) for row in log]
@@ -261,13 +272,12 @@ def verdicts(runs: dict, params: dict, flagged: dict | None = None) -> list[dict
     return out
 
 
-def _settings(params: dict) -> list[str]:
+def _settings(params: dict, keys: list[str]) -> list[str]:
     m = params["model"]
     lines = [f"- experiment: `{params['exp']}`", f"- architectures: {', '.join(m['archs'])}",
              f"- rules: {', '.join(m['rules'])}", f"- seeds: {', '.join(str(s) for s in m['seeds'])}",
              "", "| train setting | value |", "|---|---|"]
-    flat = pd.json_normalize(params.get("train") or {}, sep=".").to_dict("records")
-    lines += [f"| {k} | {v} |" for k, v in (flat[0] if flat else {}).items()]
+    lines += [f"| {k[len('train.'):]} | {v} |" for k, v in dag.pick(params, keys).items() if k.startswith("train.")]
     return lines
 
 
@@ -278,13 +288,15 @@ def _fmt(x, spec=".2f") -> str:
 def seed_table(runs: dict, params: dict, flagged: dict) -> list[str]:
     """Per arch, one row per rule and seed: the numbers every verdict is computed from, flags beside them."""
     stats, out = per_seed(runs), []
+    cols = {"top1": "top-1 err (%)", **({"top5": "top-5 err (%)"} if shows_top5(params) else {}),
+            "angle": "angle(B, W) (deg)", "grad_angle": "angle(update, BP grad) (deg)"}
     for a in params["model"]["archs"]:
         st = stats.get(a, {})
-        out += [f"**{arch_label(a)}**", "", "| Rule | seed | top-1 err (%) | top-5 err (%) | angle(B, W) (deg) | "
-                "angle(update, BP grad) (deg) | recipe check |", "|---|---|---|---|---|---|---|"]
+        out += [f"**{arch_label(a)}**", "", "| Rule | seed | " + " | ".join(cols.values()) + " | recipe check |",
+                "|---|---|" + "---|" * len(cols) + "---|"]
         for r in params["model"]["rules"]:
             for s in params["model"]["seeds"]:
-                vals = [st.get(k, {}).get(r, {}).get(int(s)) for k in ("top1", "top5", "angle", "grad_angle")]
+                vals = [st.get(k, {}).get(r, {}).get(int(s)) for k in cols]
                 why = flagged.get((a, r, int(s)))
                 check = "† " + "; ".join(why) if why else "ok" if (a, r, int(s)) in runs["metrics"] else "—"
                 out.append(f"| {RULE_LABELS.get(r, r)} | {s} | " + " | ".join(_fmt(v) for v in vals) +
@@ -326,11 +338,16 @@ def readme(params: dict, table_md: str, runs: dict, vs: list[dict], figs: list[s
     out += [f"- MISSING evaluation: `{n}` (no eval/{n}.json)" for n in miss_ev]
     out += [f"- MISSING training log: `{n}` (no runs/{n}/metrics.jsonl)" for n in miss_mt]
     out += ["", "## Figures", ""]
+    files = layout.report_files(params)
     for stem in figs:
-        out += [f"![{stem}](figures/{stem}.png)", f"([PDF](figures/{stem}.pdf))", ""]
-    out += ["## Settings (from params)", "", *_settings(params), "",
-            "<details><summary>All params of this run</summary>", "", "```yaml",
-            yaml.safe_dump(params, sort_keys=False).rstrip(), "```", "", "</details>", ""]
+        png, pdf = (files[f"{stem}.{fmt}"].relative_to(files["README.md"].parent) for fmt in ("png", "pdf"))
+        out += [f"![{stem}]({png})", f"([PDF]({pdf}))", ""]
+    # only the keys the results depend on (dlwt.dag.report_keys): an operational key (workers, device) cannot
+    # change them, so printing it would leave this file stale when it is edited
+    keys = dag.report_keys(params)
+    out += ["## Settings (from params)", "", *_settings(params, keys), "",
+            "<details><summary>Every params key the results depend on</summary>", "", "```yaml",
+            yaml.safe_dump(dag.nested(params, keys), sort_keys=False).rstrip(), "```", "", "</details>", ""]
     return "\n".join(out)
 
 
@@ -343,11 +360,23 @@ def check_params(params: dict) -> None:
             raise DlwtError(f"params: model.{key} must be a list")
 
 
+def dvc_metrics(summary: dict) -> dict:
+    """The flat summary DVC shows (`dvc metrics show`, `dvc exp show`): per arch-rule top-1/top-5 error (%) mean
+    and sd over seeds, mean angle(B, W) (deg), seeds; the per-layer numbers stay in summary.json."""
+    keep = ("top1_err", "top1_err_std", "top5_err", "top5_err_std", "angle_deg", "n_seeds")
+    return {f"{a}-{r}": {k: cell[k] for k in keep if k in cell} for a, rules in summary.items()
+            for r, cell in rules.items()}
+
+
 def report(results_dir: Path, paper_dir: Path, params: dict) -> dict:
-    """Write every report file of params['exp']; return the summary, verdicts, missing runs and paths."""
+    """Write every report file of params['exp'] (exactly layout.report_files); return the summary, verdicts,
+    missing runs and paths."""
     check_params(params)
+    from dlwt.params import complete
+
+    params = complete(params)  # the schema's defaults for what a caller's params leave out (report.dpi, data.*)
     exp = params["exp"]
-    res, pap = Path(results_dir) / exp, Path(paper_dir) / exp
+    paths = layout.report_files(params, results_dir, paper_dir)
     pub = (params.get("report") or {}).get("published")  # relative to the working directory (repo root)
     published = load_published(Path(pub) if pub else None)
     dataset = (params.get("data") or {}).get("dataset")
@@ -356,25 +385,27 @@ def report(results_dir: Path, paper_dir: Path, params: dict) -> dict:
         published = {**published, "refs": {}, "sources": [],
                      "note": f"Published references are for {published['dataset']}; this experiment uses "
                              f"{dataset}, so none are shown."}
-    runs = load(res, params)
+    runs = load(layout.exp_dir(exp, results_dir), params)
     df = tidy(runs)
     flagged = flags(runs, params)
     summary = summarise(runs, params, flagged)
     vs = verdicts(runs, params, flagged)
-    table_md, table_tex = tables(summary, published, params)
-    files = {res / "summary.csv": df.to_csv(index=False, float_format="%.7g"),  # 7 digits: float32 precision
-             res / "summary.json": json.dumps(summary, indent=2) + "\n",
-             res / "curves.csv": curves(df, params).to_csv(index=False, float_format="%.7g"),
-             pap / "table1.md": table_md, pap / "table1.tex": table_tex}
+    table_md, table_tex = tables(summary, published, params, top5=shows_top5(params))
+    files = {"summary.csv": df.to_csv(index=False, float_format="%.7g"),  # 7 digits: float32 precision
+             "summary.json": json.dumps(summary, indent=2) + "\n",
+             "metrics.json": json.dumps(dvc_metrics(summary), indent=2) + "\n",
+             "curves.csv": curves(df, params).to_csv(index=False, float_format="%.7g"),
+             "table1.md": table_md, "table1.tex": table_tex}
     figs = figures.draw_all(df, params)
     for stem, fig in figs.items():
-        for fmt, data in figures.render(fig, dpi=(params.get("report") or {}).get("dpi", 150)).items():
-            files[pap / "figures" / f"{stem}.{fmt}"] = data
-    files[pap / "README.md"] = readme(params, table_md, runs, vs, list(figs), flagged)
-    for path, data in files.items():
-        atomic_write(path, data)
+        files.update({f"{stem}.{fmt}": data for fmt, data in figures.render(fig, params["report"]["dpi"]).items()})
+    files["README.md"] = readme(params, table_md, runs, vs, list(figs), flagged)
+    if set(files) != set(paths):  # a programming error: layout.report_files is the declaration
+        raise DlwtError(f"report: wrote {sorted(set(files) ^ set(paths))} against layout.report_files")
+    for what, data in files.items():
+        atomic_write(paths[what], data)
     return {"exp": exp, "summary": summary, "verdicts": vs, "flagged": flagged, "missing_eval": runs["missing_eval"],
-            "missing_metrics": runs["missing_metrics"], "written": [str(p) for p in files]}
+            "missing_metrics": runs["missing_metrics"], "written": [str(paths[w]) for w in files]}
 
 
 def main(args) -> int:
@@ -393,8 +424,9 @@ def main(args) -> int:
 def add_subparser(sub) -> None:
     p = sub.add_parser("report", help="Table 1, figures and README (with verdicts) from an experiment",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--params", default="params.yaml")
-    p.add_argument("--overlay", action="append", default=[], help="YAML deep-merged over --params (repeatable)")
-    p.add_argument("--results", default="results", help="results root (reads and writes results/<exp>/)")
-    p.add_argument("--paper", default="paper", help="paper root (writes paper/<exp>/)")
+    from dlwt.params import add_arguments
+
+    add_arguments(p)
+    p.add_argument("--results", default=layout.RESULTS, help="results root (reads and writes results/<exp>/)")
+    p.add_argument("--paper", default=layout.PAPER, help="paper root (writes paper/<exp>/)")
     p.set_defaults(func=main)

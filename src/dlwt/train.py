@@ -232,7 +232,8 @@ def _build(params, arch, rule, seed, run, rank, world, dev, ckpt, stop) -> Job:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     # wm's noise state: a CPU generator on every device (rules.noise_generator), seeded alike on every rank
     mirror_gen = torch.Generator().manual_seed(seed)
-    mirror = {k: mcfg[k] for k in ("noise_std", "lr", "weight_decay", "batch_size", "size")}
+    # the mirror's settings are read by wm runs only: the other rules' runs do not depend on them (params_schema)
+    mirror = {k: mcfg[k] for k in ("noise_std", "lr", "weight_decay", "batch_size", "size")} if rule == "wm" else {}
     rows, epoch0, epoch_state = [], 0, None
     if ckpt is not None:
         epoch0, rows, epoch_state = ckpt["epoch"], ckpt["metrics"], ckpt.get("epoch_state")
