@@ -80,7 +80,13 @@ def _imports(name: str, nodes) -> set[str]:
     is_pkg = _module_file(name).name == "__init__.py"
     here = name if is_pkg else name.rpartition(".")[0]
     found, aliases = set(), {}
+    nodes = list(nodes)
+    # a module that imports by name (importlib.import_module, as data/sources.py's registry does) depends on
+    # every dlwt module one of its strings names, relative to its package or absolute
+    dynamic = any(isinstance(n, ast.Name) and n.id == "import_module" for top in nodes for n in ast.walk(top))
     for node in (n for top in nodes for n in ast.walk(top)):
+        if dynamic and isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.isidentifier():
+            found |= {m for m in (f"{here}.{node.value}", node.value) if _module_file(m)}
         if isinstance(node, ast.Import):
             for a in node.names:
                 found.add(a.name)

@@ -250,8 +250,9 @@ def _build(params, arch, rule, seed, run, rank, world, dev, ckpt, stop) -> Job:
         write_json_atomic(run.config, run_info)
     net = ddp.wrap(model, dev, opt) if world > 1 else model
     done = epoch0 * len(train_loader) + (epoch_state["step"] if epoch_state else 0)
-    hook = after_step(model, rule, every=mcfg["every"], steps=mcfg["steps"], done=done, generator=mirror_gen,
-                      **mirror)
+    # mirror.* is read by wm runs only (params_schema: x-read-by train:wm), so another rule's run never depends on it
+    every = {"every": mcfg["every"], "steps": mcfg["steps"]} if rule == "wm" else {}
+    hook = after_step(model, rule, done=done, generator=mirror_gen, **every, **mirror)
     probe = fixed_batch(val_loader, tcfg["align_batch"]) if tcfg["align_batch"] and rank == 0 else None
     return Job(params, arch, rule, seed, run, rank, world, dev, train_loader, val_loader, model,
                torch.compile(net) if tcfg["compile"] else net, opt, sched, lr, lr_factor, mirror_gen, run_info,
