@@ -390,7 +390,10 @@ def _write_final(ckpt: dict, run: layout.Run) -> None:
     """final.pt: what evaluation and users need (weights with B, metadata), not the optimiser's state."""
     keep = ("format", "arch", "rule", "seed", "epoch", "model", "metrics", "params", "run_info", "stem",
             "num_classes")
-    save_torch({k: ckpt[k] for k in keep}, run.final)
+    out = {k: ckpt[k] for k in keep}
+    # CPU tensors: a plain torch.load of a CUDA run's final.pt on a machine without a GPU must work
+    out["model"] = {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in out["model"].items()}
+    save_torch(out, run.final)
 
 
 def main(args) -> int:
