@@ -27,8 +27,6 @@ BIN = Path(sys.executable).parent
 ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
        "PYTHONPATH": str(REPO / "src"), "MPLBACKEND": "Agg", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
        "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
-SYNTHETIC = ["--source", "synthetic", "--dataset", "synthetic", "--root", "data"]
-SYNTHETIC_SIZE = ["--classes", "3", "--train-per-class", "4", "--val-per-class", "2", "--size", "32"]
 
 
 def sh(args, cwd, check=True, env=None, timeout=600):

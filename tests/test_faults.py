@@ -19,7 +19,7 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO, SYNTHETIC, SYNTHETIC_SIZE, copy_tree
+from conftest import REPO, copy_tree
 
 pytestmark = pytest.mark.timeout(300)
 

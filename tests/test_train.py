@@ -1,4 +1,6 @@
-"""dlwt train / dlwt evaluate end to end on real data (scikit-learn's digits as an ImageFolder), CPU."""
+"""dlwt train / dlwt evaluate end to end on real data (scikit-learn's digits as an ImageFolder, conftest's
+session fixture), CPU. Training runs in this process; a subprocess only where the process is the point (a
+SIGTERM, a second process holding the run's lock, torchrun)."""
 import json
 import os
 import signal
@@ -9,7 +11,7 @@ import time
 import pytest
 import torch
 
-from dlwt.data.digits import write_digits
+from conftest import copy_tree
 from dlwt.errors import DlwtError
 from dlwt.evaluate import evaluate_checkpoint
 from dlwt.params import deep_merge, load
@@ -19,10 +21,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    write_digits(str(root), "digits", size=8)
-    return root
+def bp_one_epoch(digits, tmp_path_factory):
+    """A finished 1-epoch bp run on digits (digits_params(epochs=1)), trained once: tests copy it."""
+    run = tmp_path_factory.mktemp("bp1") / "run"
+    train(digits_params(digits, epochs=1), "resnet18", "bp", 0, run)
+    return run
 
 
 def digits_params(root, **train):
@@ -93,19 +96,18 @@ def test_nan_loss_stops_cleanly_and_keeps_last_good_checkpoint(digits, tmp_path)
     assert not (run / "checkpoints" / "final.pt").exists()
 
 
-def test_changed_params_start_afresh_and_keep_the_old_checkpoint(digits, tmp_path, capsys):
-    run = tmp_path / "run"
-    first = train(digits_params(digits, epochs=1), "resnet18", "bp", 0, run)
+def test_changed_params_start_afresh_and_keep_the_old_checkpoint(digits, bp_one_epoch, tmp_path, capsys):
+    run = copy_tree(bp_one_epoch, tmp_path / "run")  # train(digits_params(digits, epochs=1), ... "bp" ...)
+    first = read_metrics(run)[-1]
     second = train(digits_params(digits, epochs=1, lr=0.02), "resnet18", "bp", 0, run)
     assert "setting train.lr changed" in capsys.readouterr().err
-    assert second["metrics"]["lr"] != first["metrics"]["lr"] and len(read_metrics(run)) == 1  # a new run
+    assert second["metrics"]["lr"] != first["lr"] and len(read_metrics(run)) == 1  # a new run
     assert len(list((run / "checkpoints").glob("last-stale-*.pt"))) == 1
 
 
-def test_a_finished_run_whose_outputs_were_removed_is_not_retrained(digits, tmp_path, capsys):
+def test_a_finished_run_whose_outputs_were_removed_is_not_retrained(digits, bp_one_epoch, tmp_path, capsys):
     # what snakemake --rerun-incomplete does after a kill: delete the declared outputs, run the command again
-    run = tmp_path / "run"
-    train(digits_params(digits, epochs=1), "resnet18", "bp", 0, run)
+    run = copy_tree(bp_one_epoch, tmp_path / "run")  # train(digits_params(digits, epochs=1), ... "bp" ...)
     before = read_metrics(run)
     for name in ("metrics.jsonl", "config.json", "checkpoints/final.pt"):
         (run / name).unlink()
@@ -135,13 +137,15 @@ def _wait_for(proc, pattern):
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_sigterm_at_a_random_step_then_resume_gives_the_same_metrics(digits, tmp_path):
-    # what SLURM does at the time limit; wm: the mirror's noise generator must come back too
+def test_sigterm_at_a_random_step_then_resume_gives_the_same_metrics(digits, tmp_path, capsys):
+    # what SLURM does at the time limit; wm: the mirror's noise generator must come back too. The stopped run is
+    # a process of its own (the signal); the uninterrupted reference and the resumed run train in this one
     import random
 
-    (tmp_path / "params.yaml").write_text(json.dumps(digits_params(digits, epochs=2)))  # JSON is YAML
+    params = digits_params(digits, epochs=2)
+    (tmp_path / "params.yaml").write_text(json.dumps(params))  # JSON is YAML
     reference, run = tmp_path / "reference", tmp_path / "stopped"
-    subprocess.run(_command(tmp_path / "params.yaml", reference), check=True, capture_output=True)
+    train(params, "resnet18", "wm", 0, reference)
     proc = subprocess.Popen(_command(tmp_path / "params.yaml", run), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     _wait_for(proc, f"epoch {random.choice([1, 2])}/2: 5/22")  # a progress line: training is under way
@@ -152,8 +156,9 @@ def test_sigterm_at_a_random_step_then_resume_gives_the_same_metrics(digits, tmp
     assert "stopped by SIGTERM at a mid-epoch checkpoint" in err and "rerun the same command" in err
     ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert ckpt["step"] > 0 and not (run / "checkpoints" / "final.pt").exists()
-    resumed = subprocess.run(_command(tmp_path / "params.yaml", run), check=True, capture_output=True, text=True)
-    assert f"resuming {run} at epoch {ckpt['epoch'] + 1}, step {ckpt['step']}" in resumed.stderr
+    capsys.readouterr()
+    train(params, "resnet18", "wm", 0, run)  # `dlwt train` with the same command line, resumed
+    assert f"resuming {run} at epoch {ckpt['epoch'] + 1}, step {ckpt['step']}" in capsys.readouterr().err
     timing = {"images_per_s", "train_seconds", "val_seconds", "seconds"}
     strip = [{k: v for k, v in r.items() if k not in timing} for r in read_metrics(run)]
     expect = [{k: v for k, v in r.items() if k not in timing} for r in read_metrics(reference)]
@@ -179,14 +184,13 @@ def test_progressive_resizing_resumes_at_the_right_resolution(digits, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_one_writer_per_run_folder(digits, tmp_path):
+def test_one_writer_per_run_folder(digits, tmp_path, cli):
     (tmp_path / "params.yaml").write_text(json.dumps(digits_params(digits, epochs=2)))
     first = subprocess.Popen(_command(tmp_path / "params.yaml", tmp_path / "run", "bp"), stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True)
     try:
         _wait_for(first, "epoch 1/2: 5/22")
-        second = subprocess.run(_command(tmp_path / "params.yaml", tmp_path / "run", "bp"), capture_output=True,
-                                text=True, timeout=120)
+        second = cli(*_command(tmp_path / "params.yaml", tmp_path / "run", "bp")[3:])  # in this process
     finally:
         first.kill()
         first.wait()
