@@ -151,7 +151,7 @@ def ci_pipeline(tmp_path_factory):
     shutil.copy(REPO / ".dvc" / "config", repo / ".dvc" / "config")  # cache.type hardlink: keeps mtimes
     sh(["git", "add", "-A"], repo)
     sh(["git", "commit", "-qm", "pipeline"], repo)  # dvclive (in dlwt train) fails in a repository without commits
-    sh([BIN / "snakemake", "--cores", "2", "--configfile", "config/ci.yaml"], repo, timeout=1500)
+    sh([BIN / "snakemake", "--cores", "2", "--configfile", "config/ci.yaml"], repo, timeout=3000)
     params = load(repo / "params.yaml", [repo / "config" / "ci.yaml"])
     with contextlib.chdir(repo):  # `dlwt check-outputs --overlay config/ci.yaml`, the smoke run's last step
         assert len(dag.check_outputs(params)) > 20

@@ -24,7 +24,7 @@ from conftest import BIN, ENV, sh
 from dlwt import dag, layout
 from dlwt.params import deep_merge
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 
 @pytest.fixture(scope="module")
