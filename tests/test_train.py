@@ -18,8 +18,10 @@ from dlwt.params import deep_merge, load
 from dlwt.train import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# What resumes, restarts, stops and launches (not what learns): the CIFAR ResNet-8 (75k weights, every rule's
-# layers, BatchNorm), measured 5-10x less CPU per epoch here than ResNet-18 (11M) with the same data and steps.
+# The CIFAR ResNet-8 of He et al. (75k weights: every rule's Conv2d and Linear layers, BatchNorm), the demo's
+# family: what trains, resumes, stops and launches here does not depend on the net's width, and an epoch on
+# digits costs several times less CPU than ResNet-18's (11M weights). ResNet-18 itself trains in
+# test_evaluate_writes_metrics... below, in test_ddp (every rule) and in the ci pipeline (bp, wm).
 ARCH = "resnet8"
 
 
@@ -52,11 +54,13 @@ def read_metrics(run):
 @pytest.mark.parametrize("rule", ["bp", "fa", "ss", "wm", "kp"])
 def test_every_rule_trains_and_loss_falls(digits, tmp_path, rule):
     run = tmp_path / rule
-    last = train(digits_params(digits), "resnet18", rule, 0, run)["metrics"]
+    last = train(digits_params(digits), ARCH, rule, 0, run)["metrics"]
     rows = read_metrics(run)
     assert [r["epoch"] for r in rows] == [1, 2]
     assert rows[1]["train_loss"] < rows[0]["train_loss"]
     assert last["val_top1_err"] < 0.8  # better than chance (0.9) after two short epochs
+    if rule == "bp":  # backprop reaches 90% on digits (measured: 95.8% after these two epochs)
+        assert last["val_top1_err"] < 0.10
     assert (run / "checkpoints" / "final.pt").is_file()
     config = json.loads((run / "config.json").read_text())
     assert config["rule"] == rule and config["params"]["train"]["epochs"] == 2
@@ -65,11 +69,6 @@ def test_every_rule_trains_and_loss_falls(digits, tmp_path, rule):
     assert (max(angles) == 0) == (rule == "bp")
     grad_angles = rows[-1]["grad_alignment"]  # the rule's update against backprop's, every epoch
     assert grad_angles["fc"] < 1e-3 and (grad_angles["conv1"] > 1) == (rule != "bp")
-
-
-def test_backprop_reaches_90_percent_on_digits(digits, tmp_path):
-    last = train(digits_params(digits, epochs=6), "resnet18", "bp", 0, tmp_path / "bp")["metrics"]
-    assert last["val_top1_err"] < 0.10
 
 
 def test_evaluate_writes_metrics_and_refuses_a_mismatched_checkpoint(digits, tmp_path):
