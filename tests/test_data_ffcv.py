@@ -18,7 +18,7 @@ from dlwt.data.config import MEAN, STD
 from dlwt.data.loaders import make_loader
 from dlwt.data.stages import convert_stage
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(300)  # the first test also builds the session's .beton set (numba JIT)
 
 
 def _cfg(root, **kw):
