@@ -13,11 +13,13 @@ demo: install
 	snakemake --cores all --configfile config/demo.yaml
 	dlwt check-outputs --overlay config/demo.yaml
 
-# pytest exits 5 when it collects no tests: that is not a failure of the code under test
+# pytest exits 5 when it collects no tests: that is not a failure of the code under test. Every test runs
+# (the CUDA ones skip themselves without a GPU); PYTEST_ARGS adds options (.ci/run: --durations=15).
 test: install
-	pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; exit $$rc
+	pytest -q $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; exit $$rc
 
-# CI's smoke run: dvc.yaml is what params.yaml generates, then synthetic ILSVRC-format archives through every stage
+# the smoke run in the checkout: dvc.yaml is what params.yaml generates, then synthetic ILSVRC-format archives
+# through every stage (make test runs the same pipeline on a scratch copy: tests/conftest.py's ci_pipeline)
 smoke: install
 	dlwt dag --check dvc.yaml
 	snakemake --cores 2 --configfile config/ci.yaml --forceall

@@ -12,31 +12,23 @@ import shutil
 import pytest
 import torch
 
+from conftest import FFCV_TINY as TINY
 from dlwt.data import DataError
 from dlwt.data.config import MEAN, STD
-from dlwt.data.imagenet import extract
 from dlwt.data.loaders import make_loader
 from dlwt.data.stages import convert_stage
-from dlwt.data.synthetic import write_archives
 
-pytestmark = pytest.mark.timeout(120)
-TINY = dict(max_resolution=64, page_size=1 << 21, num_workers=1)  # 4 MB betons, one writer process
+pytestmark = pytest.mark.timeout(300)  # the first test also builds the session's .beton set (numba JIT)
 
 
 def _cfg(root, **kw):
     return {"root": str(root), "dataset": "synthetic", "batch_size": 4, "num_workers": 1, "res": 32, **kw}
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    """3 classes x 4 train / 3 val images, 64 px: extracted and converted once for the module."""
-    root = tmp_path_factory.mktemp("data")
-    rec = write_archives(
-        str(root / "raw" / "synthetic"), classes=3, train_per_class=4, val_per_class=3, size=64
-    )
-    extract(str(root / "raw" / "synthetic"), str(root), "synthetic")
-    convert_stage({"root": str(root), "dataset": "synthetic", **TINY})
-    return root, rec
+@pytest.fixture
+def data(ffcv_synthetic):
+    """3 classes x 4 train / 3 val images, 64 px: extracted and converted once per test run (conftest)."""
+    return ffcv_synthetic
 
 
 def _classes_from_pixels(x, rec):

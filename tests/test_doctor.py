@@ -1,5 +1,6 @@
 """`dlwt doctor` on the ci settings (CPU, seconds): the checks, the per-rule step table, the estimate and its
-JSON; a failed check is one FAIL line with its fix and a non-zero exit."""
+JSON; a failed check is one FAIL line with its fix and a non-zero exit. In-process (conftest's `cli`), except the
+case that binds the process to one core."""
 import json
 import os
 import subprocess
@@ -11,18 +12,22 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PARAMS, CI = os.path.join(REPO, "params.yaml"), os.path.join(REPO, "config", "ci.yaml")
 
 
-def _doctor(tmp_path, *overlays, affinity=None):
-    pre = f"import os; os.sched_setaffinity(0, {affinity!r}); " if affinity else ""
-    code = (f"{pre}import sys; from dlwt.cli import main; "
-            f"sys.exit(main(['doctor', '--params', {PARAMS!r}, '--overlay', {CI!r}, "
-            + "".join(f"'--overlay', {str(o)!r}, " for o in overlays) + "'--steps', '1']))")
+def _args(*overlays):
+    return ["doctor", "--params", PARAMS, "--overlay", CI, *(a for o in overlays for a in ("--overlay", str(o))),
+            "--steps", "1"]
+
+
+def _doctor(tmp_path, *overlays, affinity):
+    """doctor in a process bound to the CPUs `affinity`."""
+    code = (f"import os; os.sched_setaffinity(0, {affinity!r}); import sys; from dlwt.cli import main; "
+            f"sys.exit(main({_args(*overlays)!r}))")
     return subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.timeout(600)
-def test_doctor_times_every_rule_and_estimates_the_experiment(tmp_path):
+def test_doctor_times_every_rule_and_estimates_the_experiment(cli, tmp_path):
     (tmp_path / "rules.yaml").write_text("model: {rules: [bp, fa, ss, wm, kp], seeds: [0]}\n")
-    proc = _doctor(tmp_path, tmp_path / "rules.yaml")
+    proc = cli(*_args(tmp_path / "rules.yaml"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads((tmp_path / "results" / "ci" / "doctor.json").read_text())
     assert report["device"] == "cpu" and report["data"] == "random"  # no .beton in this folder
@@ -35,10 +40,10 @@ def test_doctor_times_every_rule_and_estimates_the_experiment(tmp_path):
 
 
 @pytest.mark.timeout(600)
-def test_doctor_estimates_the_imagenet_experiment(tmp_path):
+def test_doctor_estimates_the_imagenet_experiment(cli, tmp_path):
     (tmp_path / "imagenet.yaml").write_text("data: {source: imagenet}\nmodel: {archs: [resnet18, resnet50], "
                                             "rules: [bp, fa, ss, wm, kp], seeds: [0]}\n")
-    proc = _doctor(tmp_path, tmp_path / "imagenet.yaml")
+    proc = cli(*_args(tmp_path / "imagenet.yaml"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     e = json.loads((tmp_path / "results" / "ci" / "doctor.json").read_text())["estimate"]
     assert e["runs"] == 10 and set(e["gpu_hours_per_arch_rule_all_seeds"]) == {

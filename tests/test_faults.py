@@ -2,30 +2,26 @@
 
     pytest tests/test_faults.py -q
 
-Each case runs the CLI as a user would (`python -m dlwt ...` in a subprocess, on tiny synthetic data) and
-asserts the exit code, the one line on stderr, and what is (and is not) left on disk. Data-loss and
-code-execution cases first. Cases on a full or read-only disk mount a tiny tmpfs and are skipped where
-mounting is not allowed.
+Each case runs the CLI as a user would (`dlwt ...`, on tiny synthetic data) and asserts the exit code, the one
+line on stderr, and what is (and is not) left on disk. The CLI is called in-process (conftest's `cli`: the same
+`dlwt.cli.main` that `python -m dlwt` runs, without a 5-10 s torch-importing process start per call); one case
+runs `python -m dlwt` itself, for the process's exit code and stderr. The synthetic data is made once per test
+run and copied per test. Data-loss and code-execution cases first. Cases on a full or read-only disk mount a
+tiny tmpfs and are skipped where mounting is not allowed.
 """
 import json
 import os
 import pickle
 import re
-import shutil
 import subprocess
 import sys
 
 import pytest
 import torch
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import REPO, copy_tree
+
 pytestmark = pytest.mark.timeout(300)
-
-
-def dlwt(*args, cwd, env=None):
-    """Run `python -m dlwt ARGS` in cwd; returns the CompletedProcess (text)."""
-    return subprocess.run([sys.executable, "-m", "dlwt", *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=240, env={**os.environ, **(env or {})})
 
 
 def fails_with(r, pattern):
@@ -45,7 +41,7 @@ def files(folder):
 @pytest.fixture
 def work(tmp_path):
     """A scratch checkout-like folder: params.yaml, a README and a tracked paper/ file."""
-    shutil.copy(os.path.join(REPO, "params.yaml"), tmp_path / "params.yaml")
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
     (tmp_path / "README.md").write_text("my readme\n")
     (tmp_path / "paper").mkdir()
     (tmp_path / "paper" / "published.yaml").write_text("keep: me\n")
@@ -53,14 +49,9 @@ def work(tmp_path):
 
 
 @pytest.fixture
-def synthetic(work):
-    """Synthetic archives acquired and extracted under work/data (3 classes, 32 px)."""
-    for stage in ("acquire", "extract"):
-        args = [stage, "--source", "synthetic", "--dataset", "synthetic", "--root", "data"]
-        if stage == "acquire":
-            args += ["--classes", 3, "--train-per-class", 4, "--val-per-class", 2, "--size", 32]
-        r = dlwt(*args, cwd=work)
-        assert r.returncode == 0, r.stderr[-2000:]
+def synthetic(work, synthetic_tree):
+    """Synthetic archives acquired and extracted under work/data (3 classes, 32 px): a copy of the session's."""
+    copy_tree(synthetic_tree / "data", work / "data")
     return work
 
 
@@ -77,10 +68,10 @@ train: {grad_batch: 4, device: cpu}
 """
 
 
-def evaluate(work, *args, over="eval.yaml"):
+def evaluate(cli, work, *args, over="eval.yaml"):
     if not (work / over).exists():
         overlay(work, over, EVAL_OVERLAY)
-    return dlwt("evaluate", "--params", "params.yaml", "--overlay", over, "--arch", "resnet18", *args, cwd=work)
+    return cli("evaluate", "--params", "params.yaml", "--overlay", over, "--arch", "resnet18", *args, cwd=work)
 
 
 class _Marker:
@@ -96,48 +87,59 @@ class _Marker:
 # --- data loss ----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("exp", ["..", ".", "../x", "/tmp/x"])
-def test_exp_that_is_not_a_folder_name_stops_before_any_write(work, exp):
+def test_exp_that_is_not_a_folder_name_stops_before_any_write(cli, work, exp):
     bad = overlay(work, "bad.yaml", f"exp: {exp!r}\n")
     before = files(work)
-    r = dlwt("report", "--params", "params.yaml", "--overlay", bad, cwd=work)
+    r = cli("report", "--params", "params.yaml", "--overlay", bad, cwd=work)
     fails_with(r, r"exp")
     assert files(work) == before and (work / "README.md").read_text() == "my readme\n"
 
 
+def test_python_m_dlwt_exits_2_with_the_one_line_and_no_traceback(work):
+    """The process a user runs (`python -m dlwt`, the `dlwt` script's code): every other case calls the same
+    main() in-process, so this one checks what reaches the shell, exit status and stderr."""
+    bad = overlay(work, "bad.yaml", "exp: '..'\n")
+    before = files(work)
+    r = subprocess.run([sys.executable, "-m", "dlwt", "report", "--params", "params.yaml", "--overlay", bad],
+                       cwd=work, capture_output=True, text=True, timeout=240)
+    assert fails_with(r, r"exp") == r.stderr.strip()  # the only line
+    assert files(work) == before
+
+
 @pytest.mark.parametrize("how", ["flag", "params"])
-def test_dataset_dotdot_writes_nothing_outside_the_data_root(work, how):
+def test_dataset_dotdot_writes_nothing_outside_the_data_root(cli, work, how):
     bad = overlay(work, "bad.yaml", "data: {source: synthetic, dataset: '..', root: data}\n")
     before = files(work)
     if how == "flag":
-        r = dlwt("acquire", "--source", "synthetic", "--dataset", "..", "--root", "data", cwd=work)
+        r = cli("acquire", "--source", "synthetic", "--dataset", "..", "--root", "data", cwd=work)
     else:
-        r = dlwt("acquire", "--params", "params.yaml", "--overlay", bad, cwd=work)
+        r = cli("acquire", "--params", "params.yaml", "--overlay", bad, cwd=work)
     fails_with(r, r"dataset")
     assert files(work) == before and not (work / "data").exists()
 
 
-def test_dataset_folder_that_leaves_the_data_root_is_refused(work, tmp_path):
+def test_dataset_folder_that_leaves_the_data_root_is_refused(cli, work, tmp_path):
     """data/<dataset> a symlink out of data.root: the stages would replace folders there; refused."""
     outside = tmp_path / "outside"
     (outside / "images").mkdir(parents=True)
     (outside / "images" / "mine.txt").write_text("keep")
     (work / "data").mkdir()
     os.symlink(outside, work / "data" / "synthetic")
-    r = dlwt("acquire", "--source", "synthetic", "--dataset", "synthetic", "--root", "data", cwd=work)
+    r = cli("acquire", "--source", "synthetic", "--dataset", "synthetic", "--root", "data", cwd=work)
     fails_with(r, r"data.dataset: data/synthetic resolves to .*outside, outside .*data; refusing")
     assert files(outside) == ["images/mine.txt"] and not (work / "data" / "raw").exists()
 
 
-def test_imagefolder_overlapping_the_output_is_refused_and_keeps_the_images(synthetic):
+def test_imagefolder_overlapping_the_output_is_refused_and_keeps_the_images(cli, synthetic):
     images = synthetic / "data" / "synthetic" / "images"
     before = files(images)
-    r = dlwt("extract", "--source", "imagefolder", "--imagefolder", images, "--dataset", "synthetic",
+    r = cli("extract", "--source", "imagefolder", "--imagefolder", images, "--dataset", "synthetic",
              "--root", "data", cwd=synthetic)
     fails_with(r, r"overlaps .*synthetic")
     assert files(images) == before and not (images / "train").is_symlink()
 
 
-def test_devkit_wnids_cannot_write_outside_the_data_root(synthetic, tmp_path):
+def test_devkit_wnids_cannot_write_outside_the_data_root(cli, synthetic, tmp_path):
     from dlwt.data.imagenet import read_devkit
     from dlwt.data.synthetic import write_devkit
 
@@ -152,7 +154,7 @@ def test_devkit_wnids_cannot_write_outside_the_data_root(synthetic, tmp_path):
     from dlwt.data.imagenet import md5sum
     (raw / "MD5SUMS.json").write_text(json.dumps({**sums, "devkit": md5sum(str(devkit))}))
     before = files(tmp_path)
-    r = dlwt("extract", "--source", "synthetic", "--dataset", "synthetic", "--root", "data", cwd=synthetic)
+    r = cli("extract", "--source", "synthetic", "--dataset", "synthetic", "--root", "data", cwd=synthetic)
     fails_with(r, r"meta.mat WNID='\.\./\.\./\.\./escaped' is not a plain folder name")
     assert files(tmp_path) == before  # the earlier tree is kept, nothing new anywhere
 
@@ -160,25 +162,25 @@ def test_devkit_wnids_cannot_write_outside_the_data_root(synthetic, tmp_path):
 # --- code execution -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("fmt", ["torch.save", "pickle"])
-def test_crafted_checkpoint_runs_no_code_in_evaluate(synthetic, fmt):
+def test_crafted_checkpoint_runs_no_code_in_evaluate(cli, synthetic, fmt):
     marker, evil = synthetic / "MARKER", synthetic / "evil.pt"
     obj = {"arch": "resnet18", "rule": "bp", "seed": 0, "epoch": 1, "model": _Marker(marker)}
     if fmt == "torch.save":
         torch.save(obj, evil)
     else:
         evil.write_bytes(pickle.dumps(obj))
-    r = evaluate(synthetic, "--rule", "bp", "--checkpoint", evil, "--out", "e.json")
+    r = evaluate(cli, synthetic, "--rule", "bp", "--checkpoint", evil, "--out", "e.json")
     fails_with(r, r"evil.pt: refused to load: it names Python objects .* which could run code")
     assert not marker.exists() and not (synthetic / "e.json").exists()
 
 
-def test_crafted_last_pt_runs_no_code_in_train(synthetic):
+def test_crafted_last_pt_runs_no_code_in_train(cli, synthetic):
     marker = synthetic / "MARKER"
     run = synthetic / "runs" / "r"
     (run / "checkpoints").mkdir(parents=True)
     torch.save({"arch": "resnet18", "rule": "bp", "seed": 0, "epoch": 1, "model": _Marker(marker)},
                run / "checkpoints" / "last.pt")
-    r = dlwt("train", "--params", "params.yaml", "--overlay", overlay(synthetic, "eval.yaml", EVAL_OVERLAY),
+    r = cli("train", "--params", "params.yaml", "--overlay", overlay(synthetic, "eval.yaml", EVAL_OVERLAY),
              "--arch", "resnet18", "--rule", "bp", "--out", run, cwd=synthetic)
     fails_with(r, r"last.pt: (refused to load|not a readable)")
     assert not marker.exists() and not (run / "checkpoints" / "final.pt").exists()
@@ -199,7 +201,7 @@ def _state(stem="small", arch="resnet18", classes=3):
     ("list", r"neither a dlwt checkpoint nor a state dict"),
     ("missing", r"no such checkpoint file; run `dlwt train`"),
 ])
-def test_unreadable_checkpoint_is_one_line(synthetic, case, pattern):
+def test_unreadable_checkpoint_is_one_line(cli, synthetic, case, pattern):
     path = synthetic / f"{case}.pt"
     if case == "empty":
         path.write_bytes(b"")
@@ -210,7 +212,7 @@ def test_unreadable_checkpoint_is_one_line(synthetic, case, pattern):
         path.write_text("hello\n")
     elif case == "list":
         torch.save([1, 2], path)
-    r = evaluate(synthetic, "--rule", "bp", "--checkpoint", path, "--out", "e.json")
+    r = evaluate(cli, synthetic, "--rule", "bp", "--checkpoint", path, "--out", "e.json")
     fails_with(r, re.escape(str(path.name)) + ": " + pattern)
     assert not (synthetic / "e.json").exists()
 
@@ -221,7 +223,7 @@ def test_unreadable_checkpoint_is_one_line(synthetic, case, pattern):
     ("1000 classes", r"weights do not fit .*size mismatch for fc.weight"),
     ("other rule", r"holds resnet18-kp-s0, not resnet18-bp-s0"),
 ])
-def test_weights_of_another_model_are_one_line(synthetic, case, pattern):
+def test_weights_of_another_model_are_one_line(cli, synthetic, case, pattern):
     path = synthetic / "w.pt"
     if case == "other rule":
         torch.save({"arch": "resnet18", "rule": "kp", "seed": 0, "epoch": 1, "model": _state()}, path)
@@ -229,7 +231,7 @@ def test_weights_of_another_model_are_one_line(synthetic, case, pattern):
         torch.save(_state(stem="imagenet" if case == "imagenet stem" else "small",
                           arch="resnet50" if case == "resnet50" else "resnet18",
                           classes=1000 if case == "1000 classes" else 3), path)
-    r = evaluate(synthetic, "--rule", "bp", "--checkpoint", path, "--out", "e.json")
+    r = evaluate(cli, synthetic, "--rule", "bp", "--checkpoint", path, "--out", "e.json")
     fails_with(r, pattern)
     assert not (synthetic / "e.json").exists()
 
@@ -237,9 +239,9 @@ def test_weights_of_another_model_are_one_line(synthetic, case, pattern):
 # --- evaluate any weights (issue 13 item 7) -----------------------------------------------------------
 
 @pytest.mark.parametrize("rule", ["bp", "fa"])
-def test_plain_state_dict_evaluates(synthetic, rule):
+def test_plain_state_dict_evaluates(cli, synthetic, rule):
     torch.save(_state(), synthetic / "mine.pt")  # what `torch.save(model.state_dict(), f)` writes
-    r = evaluate(synthetic, "--rule", rule, "--checkpoint", "mine.pt", "--out", "e.json")
+    r = evaluate(cli, synthetic, "--rule", rule, "--checkpoint", "mine.pt", "--out", "e.json")
     assert r.returncode == 0, r.stderr[-2000:]
     out = json.loads((synthetic / "e.json").read_text())
     assert out["val_images"] == 6 and out["epoch"] is None and out["checkpoint"] == "mine.pt"
@@ -286,7 +288,7 @@ train: {grad_batch: 4, device: cpu}
 
 # --- integrity ----------------------------------------------------------------------------------------
 
-def test_archive_damaged_after_acquire_is_caught_by_extract(synthetic):
+def test_archive_damaged_after_acquire_is_caught_by_extract(cli, synthetic):
     """Same size, same mtime, one byte flipped: acquire's stamp still matches, extract's md5 does not."""
     raw = synthetic / "data" / "raw" / "synthetic"
     val = raw / "ILSVRC2012_img_val.tar"
@@ -295,20 +297,20 @@ def test_archive_damaged_after_acquire_is_caught_by_extract(synthetic):
     data[len(data) // 2] ^= 0xFF
     val.write_bytes(bytes(data))
     os.utime(val, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert dlwt("acquire", "--source", "synthetic", "--dataset", "synthetic", "--root", "data",
+    assert cli("acquire", "--source", "synthetic", "--dataset", "synthetic", "--root", "data",
                 "--classes", 3, "--train-per-class", 4, "--val-per-class", 2, "--size", 32,
                 cwd=synthetic).returncode == 0  # rewrites the synthetic archives: damage them again
     val.write_bytes(bytes(data))
     os.utime(val, ns=(st.st_atime_ns, st.st_mtime_ns))
     images = synthetic / "data" / "synthetic" / "images"
     before = files(images)
-    r = dlwt("extract", "--source", "synthetic", "--dataset", "synthetic", "--root", "data", cwd=synthetic)
+    r = cli("extract", "--source", "synthetic", "--dataset", "synthetic", "--root", "data", cwd=synthetic)
     fails_with(r, r"ILSVRC2012_img_val.tar: md5 [0-9a-f]{32}, expected [0-9a-f]{32}; the file is truncated or damaged")
     assert files(images) == before  # the previous tree is kept, no temp tree left
     assert sorted(p.name for p in images.parent.iterdir()) == ["acquired.json", "images"]
 
 
-def test_extra_ground_truth_line_blames_the_devkit_not_the_val_tar(synthetic):
+def test_extra_ground_truth_line_blames_the_devkit_not_the_val_tar(cli, synthetic):
     from dlwt.data.imagenet import md5sum, read_devkit
     from dlwt.data.synthetic import write_devkit
 
@@ -320,7 +322,7 @@ def test_extra_ground_truth_line_blames_the_devkit_not_the_val_tar(synthetic):
                  truth + truth[:1])
     sums = json.loads((raw / "MD5SUMS.json").read_text())
     (raw / "MD5SUMS.json").write_text(json.dumps({**sums, "devkit": md5sum(str(devkit))}))
-    r = dlwt("extract", "--source", "synthetic", "--dataset", "synthetic", "--root", "data", cwd=synthetic)
+    r = cli("extract", "--source", "synthetic", "--dataset", "synthetic", "--root", "data", cwd=synthetic)
     line = fails_with(r, r"6 images \(the archive is intact: md5\), the devkit's ground truth lists 7; "
                          r"the devkit does not match this val tar")
     assert "delete it" not in line
@@ -328,27 +330,30 @@ def test_extra_ground_truth_line_blames_the_devkit_not_the_val_tar(synthetic):
 
 # --- temp files ---------------------------------------------------------------------------------------
 
-def test_temp_files_of_dead_writers_are_removed_at_stage_start(synthetic):
+def test_temp_files_of_dead_writers_are_removed_at_stage_start(cli, synthetic, request):
     from dlwt import atomic
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True).stdout.strip()
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    dead = ended.pid  # a writer that has exited
+    writer = subprocess.Popen(["sleep", "300"])  # a writer still running (not this process: the stage runs here)
+    request.addfinalizer(lambda: (writer.kill(), writer.wait()))
     host = atomic.tag().split("-", 1)[1]
     ds = synthetic / "data" / "synthetic"
     leftovers = [ds / f"images.tmp-{dead}-{host}", ds / f"images.old-{dead}", ds / f"images.tmp-{dead}"]
     for d in leftovers:
         (d / "train").mkdir(parents=True)
         (d / "train" / "x.JPEG").write_bytes(b"x" * 1000)
-    live = ds / f"images.tmp-{os.getpid()}-{host}"  # this test's own pid: a live writer, kept
+    live = ds / f"images.tmp-{writer.pid}-{host}"  # a live writer's: kept
     other_host = ds / f"images.tmp-{dead}-someotherhost"  # another node's writer on a shared disk, kept
     for d in (live, other_host):
         d.mkdir()
     (ds / "ffcv").mkdir()
     (ds / "ffcv" / f".train.beton.tmp-{dead}-{host}").write_bytes(b"x")
-    r = dlwt("extract", "--source", "synthetic", "--dataset", "synthetic", "--root", "data", cwd=synthetic)
+    r = cli("extract", "--source", "synthetic", "--dataset", "synthetic", "--root", "data", cwd=synthetic)
     assert r.returncode == 0, r.stderr[-2000:]
     assert not any(d.exists() for d in leftovers) and live.exists() and other_host.exists()
-    r = dlwt("convert", "--dataset", "synthetic", "--root", "data", "--on-corrupt", "fail", "--split", "val",
+    r = cli("convert", "--dataset", "synthetic", "--root", "data", "--on-corrupt", "fail", "--split", "val",
              "--max-resolution", 32, "--page-size", 1 << 21, "--num-workers", 1, cwd=synthetic)
     assert r.returncode == 0, r.stderr[-2000:]
     assert sorted(p.name for p in (ds / "ffcv").iterdir()) == ["val.beton", "val.beton.json"]
@@ -358,7 +363,7 @@ def test_temp_files_of_dead_writers_are_removed_at_stage_start(synthetic):
 
 @pytest.mark.parametrize("bad, error", [(b"", r"empty file \(0 bytes\)"),
                                         (b"not an image", r"UnidentifiedImageError: cannot identify image file")])
-def test_bad_image_is_named_by_its_path(work, bad, error):
+def test_bad_image_is_named_by_its_path(cli, work, bad, error):
     from PIL import Image
 
     src = work / "mine"
@@ -366,19 +371,19 @@ def test_bad_image_is_named_by_its_path(work, bad, error):
         (src / split / "a").mkdir(parents=True)
         Image.new("RGB", (8, 8)).save(src / split / "a" / "0.png")
     (src / "val" / "a" / "bad.png").write_bytes(bad)
-    assert dlwt("extract", "--source", "imagefolder", "--imagefolder", src, "--dataset", "mine", "--root", "data",
+    assert cli("extract", "--source", "imagefolder", "--imagefolder", src, "--dataset", "mine", "--root", "data",
                 cwd=work).returncode == 0
-    r = dlwt("convert", "--dataset", "mine", "--root", "data", "--on-corrupt", "fail", "--split", "val", cwd=work)
+    r = cli("convert", "--dataset", "mine", "--root", "data", "--on-corrupt", "fail", "--split", "val", cwd=work)
     fails_with(r, r"data/mine/images/val/a/bad.png: corrupt image \(" + error)
     assert not (work / "data" / "mine" / "ffcv" / "val.beton").exists()
 
 
-def test_symlink_loop_in_an_imagefolder_is_one_line(work):
+def test_symlink_loop_in_an_imagefolder_is_one_line(cli, work):
     src = work / "mine"
     for split in ("train", "val"):
         (src / split / "a").mkdir(parents=True)
     os.symlink("b", src / "train" / "b")
-    r = dlwt("extract", "--source", "imagefolder", "--imagefolder", src, "--dataset", "mine", "--root", "data",
+    r = cli("extract", "--source", "imagefolder", "--imagefolder", src, "--dataset", "mine", "--root", "data",
              cwd=work)
     fails_with(r, r"symlink loop at .*mine/train/b: fix or remove that link")
     assert not (work / "data" / "mine" / "images").exists()
@@ -404,26 +409,26 @@ def tmpfs(tmp_path):
         subprocess.run(["umount", str(path)], check=True)
 
 
-def test_disk_full_during_extract_is_one_line_and_leaves_no_temp_tree(synthetic, tmpfs):
+def test_disk_full_during_extract_is_one_line_and_leaves_no_temp_tree(cli, synthetic, tmpfs):
     disk = tmpfs("full", "size=64k")
-    r = dlwt("extract", "--source", "synthetic", "--dataset", "synthetic", "--root", disk,
+    r = cli("extract", "--source", "synthetic", "--dataset", "synthetic", "--root", disk,
              "--raw-dir", "data/raw/synthetic", cwd=synthetic)
     fails_with(r, r"disk full writing .*full/synthetic/images\.tmp-.*: free space there")
     assert [p.name for p in disk.rglob("*")] == ["synthetic"]  # the staged tree was removed: a clean rerun
 
 
-def test_disk_full_writing_the_eval_file(synthetic, tmpfs):
+def test_disk_full_writing_the_eval_file(cli, synthetic, tmpfs):
     disk = tmpfs("full", "size=4k")
     (disk / "filler").write_bytes(b"x" * 4096)
     torch.save(_state(), synthetic / "mine.pt")
-    r = evaluate(synthetic, "--rule", "bp", "--checkpoint", "mine.pt", "--out", disk / "e.json")
+    r = evaluate(cli, synthetic, "--rule", "bp", "--checkpoint", "mine.pt", "--out", disk / "e.json")
     fails_with(r, r"disk full writing .*full/e\.json")
     assert sorted(p.name for p in disk.iterdir()) == ["filler"]
 
 
-def test_read_only_data_root_is_one_line(synthetic, tmpfs):
+def test_read_only_data_root_is_one_line(cli, synthetic, tmpfs):
     disk = tmpfs("ro", "ro,size=64k")
-    r = dlwt("extract", "--source", "synthetic", "--dataset", "synthetic", "--root", disk,
+    r = cli("extract", "--source", "synthetic", "--dataset", "synthetic", "--root", disk,
              "--raw-dir", "data/raw/synthetic", cwd=synthetic)
     fails_with(r, r"read-only / not writable: .*ro/synthetic")
 

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from dlwt.data.loaders import make_loader, res_for_epoch
-from test_data_ffcv import _cfg, data  # noqa: F401  (the module's fixture: extracted and converted once)
+from test_data_ffcv import _cfg, data  # noqa: F401  (conftest's ffcv_synthetic: extracted and converted once)
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = pytest.mark.timeout(300)  # run alone, the first test builds conftest's .beton set
 
 
 def _all(loader, **epoch):

@@ -11,7 +11,7 @@ import yaml
 
 from dlwt import dag, dvc_yaml
 from dlwt.data.config import DATA_DEFAULTS, resolve
-from dlwt.params import ParamsError, complete, load, read_merged, schema
+from dlwt.params import ParamsError, complete, load, schema
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,11 +57,18 @@ def test_the_library_data_defaults_are_the_schemas():
 
 def test_params_yaml_lists_every_key_a_stage_reads():
     """DVC rejects a params key missing from params.yaml, and dvc.yaml leaves such keys out: a key params.yaml
-    did not list would be one whose edits DVC never sees."""
-    params, written = load(REPO / "params.yaml"), read_merged(REPO / "params.yaml")
-    stages = dvc_yaml.stages(params, written)
-    for job in dag.jobs(params):
-        assert stages[job.name]["params"] == job.keys, job.name
+    did not list would be one whose edits DVC never sees. DVC itself reads the checkout's dvc.yaml and
+    params.yaml here: every stage depends on exactly the keys its job reads, and each has a value in params.yaml."""
+    from dvc.repo import Repo
+
+    params = load(REPO / "params.yaml")
+    with Repo(str(REPO)) as repo:
+        stages = {s.name: s for s in repo.index.stages}
+        for job in dag.jobs(params):
+            deps = [d for d in stages[job.name].deps if hasattr(d, "params")]
+            assert [k for d in deps for k in d.params] == job.keys, job.name
+            found = {k for d in deps for k in d.read_params()}  # the values DVC reads from params.yaml
+            assert found >= set(job.keys), f"{job.name}: {sorted(set(job.keys) - found)} not in params.yaml"
 
 
 def test_the_cli_accepts_exactly_the_schemas_choices(capsys):

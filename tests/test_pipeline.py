@@ -5,6 +5,7 @@ The rerun table itself (both runners, from a finished run) is tests/test_rerun.p
 
     nice pytest -q tests/test_pipeline.py
 """
+import contextlib
 import os
 import re
 import shutil
@@ -15,21 +16,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import BIN, ENV, REPO, pipeline_copy, sh
 from dlwt import dag, layout
+from dlwt.cli import main
 from dlwt.params import load, schema
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
-       "PYTHONPATH": str(REPO / "src"), "MPLBACKEND": "Agg"}
 REDIRECT = re.compile(r"\s*>\s*\S+\s+2>&1(\s*# code [0-9a-f]+)?\s*$")  # the log, and the code hash
-
-
-def sh(args, cwd, check=True):
-    proc = subprocess.run([str(a) for a in args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300)
-    if check and proc.returncode:
-        raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
 
 
 @pytest.fixture(scope="module")
@@ -40,15 +32,19 @@ def ci():
 @pytest.fixture(scope="module")
 def ci_repo(tmp_path_factory, ci):
     """A copy of the pipeline files whose params.yaml is params.yaml + config/ci.yaml (and dvc.yaml generated)."""
-    repo = tmp_path_factory.mktemp("repo")
-    for name in ("Snakefile", "src", "paper/published.yaml", "paper/report.rst"):
-        src, dst = REPO / name, repo / name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, dst)
+    repo = pipeline_copy(tmp_path_factory.mktemp("repo"), ("Snakefile", "src", "paper/published.yaml",
+                                                            "paper/report.rst"))
     (repo / "params.yaml").write_text(yaml.safe_dump(ci, sort_keys=False))
     sh([BIN / "dvc", "init", "--no-scm", "-q"], repo)
-    sh([BIN / "dlwt", "dag", "--write", "dvc.yaml"], repo)
+    with contextlib.chdir(repo):
+        assert main(["dag", "--write", "dvc.yaml"]) == 0  # `dlwt dag --write dvc.yaml`, in-process
     return repo
+
+
+@pytest.fixture(scope="module")
+def planned(ci_repo):
+    """What `snakemake -n -p --forceall` plans on the ci repository (asked once for the module)."""
+    return snakemake_jobs(ci_repo)
 
 
 def snakemake_jobs(repo, *extra):
@@ -70,9 +66,9 @@ def snakemake_jobs(repo, *extra):
     return jobs
 
 
-def test_snakemake_plans_exactly_the_jobs_of_dlwt_dag(ci_repo, ci):
+def test_snakemake_plans_exactly_the_jobs_of_dlwt_dag(planned, ci):
     want = {j.name: (j.command('"$DLWT_PARAMS"'), frozenset(j.deps), frozenset(j.outs)) for j in dag.jobs(ci)}
-    assert snakemake_jobs(ci_repo) == want
+    assert planned == want
     assert len(want) == 3 + 2 * 4 + 1  # data stages, train + evaluate per (arch, rule, seed), report
 
 
@@ -139,17 +135,17 @@ def test_every_setting_is_read_by_a_stage_or_declared_operational(ci):
     assert [k for k in schema_leaves(schema()) if k not in read] == []
 
 
-def test_dvc_yaml_is_generated_from_params_yaml_and_checked():
-    proc = sh([BIN / "dlwt", "dag", "--check", "dvc.yaml"], REPO, check=False)
+def test_dvc_yaml_is_generated_from_params_yaml_and_checked(cli):
+    proc = cli("dag", "--check", "dvc.yaml", cwd=REPO)
     assert proc.returncode == 0, proc.stderr
 
 
-def test_a_stale_dvc_yaml_is_named_in_one_line(ci_repo, tmp_path):
+def test_a_stale_dvc_yaml_is_named_in_one_line(cli, ci_repo, tmp_path):
     params = yaml.safe_load((ci_repo / "params.yaml").read_text())
     params["model"]["seeds"] = [0, 1, 2]
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     shutil.copy(ci_repo / "dvc.yaml", tmp_path / "dvc.yaml")
-    proc = sh([BIN / "dlwt", "dag", "--check", "dvc.yaml"], tmp_path, check=False)
+    proc = cli("dag", "--check", "dvc.yaml", cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "dlwt dag --write dvc.yaml" in proc.stderr
 
@@ -160,9 +156,9 @@ def test_reading_the_snakefile_does_not_import_torch():
     sh([sys.executable, "-c", code], REPO)
 
 
-def test_an_overlay_that_changes_nothing_changes_no_command(ci_repo, tmp_path):
+def test_an_overlay_that_changes_nothing_changes_no_command(ci_repo, planned, tmp_path):
     (tmp_path / "same.yaml").write_text("train:\n  epochs: 1\n")
-    assert snakemake_jobs(ci_repo, "--configfile", tmp_path / "same.yaml") == snakemake_jobs(ci_repo)
+    assert snakemake_jobs(ci_repo, "--configfile", tmp_path / "same.yaml") == planned
 
 
 def test_train_threads_and_gpus_follow_params(ci_repo, tmp_path):
@@ -243,6 +239,7 @@ def test_a_core_install_runs_the_stages_and_names_the_report_extra(tmp_path):
     to install, in one line."""
     code = f"""
 import sys
+from pathlib import Path
 for name in ("pandas", "matplotlib", "seaborn"):
     sys.modules[name] = None  # import fails, as in an install without the extra
 from dlwt.cli import main

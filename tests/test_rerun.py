@@ -3,72 +3,54 @@ makes Snakemake and DVC rerun exactly the jobs whose params keys (src/dlwt/dag.p
 
     nice pytest -q -m slow tests/test_rerun.py      # one real run (about 5 minutes on 2 cores), then dry runs
 
-The finished state is built once: a real `snakemake --cores 2` in a scratch git + DVC repository whose
-params.yaml is params.yaml + config/ci.yaml, then `dvc commit` records the same state in dvc.lock. Each edit is
-then asked of both runners without running anything (`snakemake -n` lists every job it would run; DVC's
-`status` lists the stages whose own deps or params changed, and a stage reruns when it or an upstream stage
-does: the descendants in DVC's own graph), and undone.
+The finished state is built once per test run (tests/conftest.py's ci_pipeline: the CI smoke run itself, a real
+`snakemake --cores 2 --configfile config/ci.yaml` in a scratch git + DVC repository; then params.yaml becomes
+params.yaml + config/ci.yaml and `dvc commit` records the same state in dvc.lock). Each edit is then asked of
+both runners without running anything (`snakemake -n` lists every job it would run, all edits side by side;
+DVC's `status`, in-process, lists the stages whose own deps or params changed, and a stage reruns when it or an
+upstream stage does: the descendants in DVC's own graph), and undone.
 """
 from __future__ import annotations
 
-import json
-import os
+import contextlib
 import re
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from conftest import BIN, ENV, sh
 from dlwt import dag, dvc_yaml, layout
-from dlwt.params import deep_merge, load
+from dlwt.params import deep_merge
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
-       "PYTHONPATH": str(REPO / "src"), "MPLBACKEND": "Agg", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
-       "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
-
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
-
-
-def sh(args, cwd, check=True):
-    proc = subprocess.run([str(a) for a in args], cwd=cwd, env=ENV, capture_output=True, text=True)
-    if check and proc.returncode:
-        raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    """A scratch repository after a real, complete pipeline run on the ci settings, known to both runners."""
-    repo = tmp_path_factory.mktemp("finished")
-    for name in ("Snakefile", "src", "paper/published.yaml", "paper/report.rst"):
-        src, dst = REPO / name, repo / name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst, **({"ignore": shutil.ignore_patterns(
-            "__pycache__")} if src.is_dir() else {}))
-    params = load(REPO / "params.yaml", [REPO / "config" / "ci.yaml"])
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (repo / "dvc.yaml").write_text(dvc_yaml.render(params))
-    (repo / ".gitignore").write_text("/data/\n/logs/\n/.snakemake/\n__pycache__/\n/results/\n/paper/ci/\n")
-    sh(["git", "init", "-q"], repo)
-    sh([BIN / "dvc", "init", "-q"], repo)
-    shutil.copy(REPO / ".dvc" / "config", repo / ".dvc" / "config")  # cache.type hardlink: keeps mtimes
-    sh(["git", "add", "-A"], repo)
-    sh(["git", "commit", "-qm", "pipeline"], repo)
-    sh([BIN / "snakemake", "--cores", "2"], repo)
-    sh([BIN / "dvc", "commit", "-f"], repo)  # dvc.lock: the same finished state, without running it again
-    assert snakemake_reruns(repo, {}) == set() and dvc_reruns(repo, {}) == set()
+def finished(ci_pipeline):
+    """conftest's ci_pipeline: a scratch repository after the real, complete smoke run, known to both runners."""
+    repo, params = ci_pipeline
+    assert snakemake_reruns(repo, [{}]) == [set()] and dvc_reruns(repo, {}) == set()
     return repo, params
 
 
-def snakemake_reruns(repo: Path, overlay: dict) -> set[str]:
-    """The jobs `snakemake -n --configfile <overlay>` would run, named like dvc.yaml's stages."""
-    (repo / "edit.yaml").write_text(yaml.safe_dump(overlay))
-    out = sh([BIN / "snakemake", "-n", "--configfile", "edit.yaml"], repo).stdout
+def snakemake_reruns(repo: Path, overlays: list[dict]) -> list[set[str]]:
+    """For each overlay, the jobs `snakemake -n --configfile <overlay>` would run, named like dvc.yaml's stages.
+    The dry runs run side by side (--nolock: none of them writes), one Snakemake start each."""
+    procs = []
+    for i, overlay in enumerate(overlays):
+        (repo / f"edit-{i}.yaml").write_text(yaml.safe_dump(overlay))
+        procs.append(subprocess.Popen([str(BIN / "snakemake"), "-n", "--nolock", "--configfile", f"edit-{i}.yaml"],
+                                      cwd=repo, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outs = [p.communicate(timeout=600) for p in procs]
+    for i, (p, (out, err)) in enumerate(zip(procs, outs)):
+        (repo / f"edit-{i}.yaml").unlink()
+        assert p.returncode == 0, f"snakemake -n with {overlays[i]} failed:\n{out[-3000:]}\n{err[-3000:]}"
+    return [_jobs(out) for out, _ in outs]
+
+
+def _jobs(out: str) -> set[str]:
     jobs, rule = [], None
     for line in out.splitlines():
         if m := re.match(r"(?:local)?rule (\w+):$", line):
@@ -81,7 +63,8 @@ def snakemake_reruns(repo: Path, overlay: dict) -> set[str]:
 
 def dvc_reruns(repo: Path, overlay: dict) -> set[str]:
     """The stages `dvc repro` would run with the edit merged into params.yaml (dvc.yaml regenerated, as the
-    README says to after editing model.*): the changed ones and everything downstream of them."""
+    README says to after editing model.*): the changed ones and everything downstream of them. DVC's own
+    `status` (what `dvc status --json` prints), asked in-process."""
     import networkx as nx
     from dvc.repo import Repo
 
@@ -90,8 +73,8 @@ def dvc_reruns(repo: Path, overlay: dict) -> set[str]:
     try:
         (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         (repo / "dvc.yaml").write_text(dvc_yaml.render(params))
-        changed = set(json.loads(sh([BIN / "dvc", "status", "--json"], repo).stdout))
-        with Repo(str(repo)) as dvc:
+        with contextlib.chdir(repo), Repo(str(repo)) as dvc:
+            changed = set(dvc.status())
             graph = dvc.index.graph  # edges point from a stage to the stages it depends on
             names = {stage: stage.addressing.split(":")[-1] for stage in graph.nodes}
             by_name = {name: stage for stage, name in names.items()}
@@ -130,10 +113,17 @@ IDS = ["train.lr", "mirror.lr", "train.grad_batch", "report.dpi", "data.res", "d
        "overlay that changes nothing", "operational keys"]
 
 
+@pytest.fixture(scope="module")
+def snakemake_plans(finished):
+    """Every edit of TABLE asked of Snakemake at once: {id: the jobs it would run}."""
+    repo, _ = finished
+    return dict(zip(IDS, snakemake_reruns(repo, [overlay for overlay, _ in TABLE])))
+
+
 @pytest.mark.parametrize("overlay, reruns", TABLE, ids=IDS)
-def test_snakemake_reruns_exactly_what_an_edit_touches(finished, overlay, reruns):
-    repo, params = finished
-    assert snakemake_reruns(repo, overlay) == reruns(params)
+def test_snakemake_reruns_exactly_what_an_edit_touches(finished, snakemake_plans, overlay, reruns, request):
+    _, params = finished
+    assert snakemake_plans[request.node.callspec.id] == reruns(params)
 
 
 @pytest.mark.parametrize("overlay, reruns", TABLE, ids=IDS)
@@ -144,12 +134,8 @@ def test_dvc_reruns_exactly_what_an_edit_touches(finished, overlay, reruns):
 
 def test_finished_pipeline_wrote_every_output_and_the_benchmarks(finished):
     repo, params = finished
-    here = os.getcwd()
-    os.chdir(repo)
-    try:
+    with contextlib.chdir(repo):
         assert len(dag.check_outputs(params)) > 20
-    finally:
-        os.chdir(here)
     assert {p.name for p in (repo / "logs" / "ci" / "benchmarks" / "train").iterdir()} == \
         {f"{run}.tsv" for run in layout.run_ids(params)}
 

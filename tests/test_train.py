@@ -1,4 +1,6 @@
-"""dlwt train / dlwt evaluate end to end on real data (scikit-learn's digits as an ImageFolder), CPU."""
+"""dlwt train / dlwt evaluate end to end on real data (scikit-learn's digits as an ImageFolder, conftest's
+session fixture), CPU. Training runs in this process; a subprocess only where the process is the point (a
+SIGTERM, a second process holding the run's lock, torchrun)."""
 import json
 import os
 import signal
@@ -9,20 +11,26 @@ import time
 import pytest
 import torch
 
-from dlwt.data.digits import write_digits
+from conftest import copy_tree
 from dlwt.errors import DlwtError
 from dlwt.evaluate import evaluate_checkpoint
 from dlwt.params import deep_merge, load
 from dlwt.train import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The CIFAR ResNet-8 of He et al. (75k weights: every rule's Conv2d and Linear layers, BatchNorm), the demo's
+# family: what trains, resumes, stops and launches here does not depend on the net's width, and an epoch on
+# digits costs several times less CPU than ResNet-18's (11M weights). ResNet-18 itself trains in
+# test_evaluate_writes_metrics... below, in test_ddp (every rule) and in the ci pipeline (bp, wm).
+ARCH = "resnet8"
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    write_digits(str(root), "digits", size=8)
-    return root
+def bp_one_epoch(digits, tmp_path_factory):
+    """A finished 1-epoch bp ARCH run on digits (digits_params(epochs=1)), trained once: tests copy it."""
+    run = tmp_path_factory.mktemp("bp1") / "run"
+    train(digits_params(digits, epochs=1), ARCH, "bp", 0, run)
+    return run
 
 
 def digits_params(root, **train):
@@ -46,11 +54,13 @@ def read_metrics(run):
 @pytest.mark.parametrize("rule", ["bp", "fa", "ss", "wm", "kp"])
 def test_every_rule_trains_and_loss_falls(digits, tmp_path, rule):
     run = tmp_path / rule
-    last = train(digits_params(digits), "resnet18", rule, 0, run)["metrics"]
+    last = train(digits_params(digits), ARCH, rule, 0, run)["metrics"]
     rows = read_metrics(run)
     assert [r["epoch"] for r in rows] == [1, 2]
     assert rows[1]["train_loss"] < rows[0]["train_loss"]
     assert last["val_top1_err"] < 0.8  # better than chance (0.9) after two short epochs
+    if rule == "bp":  # backprop reaches 90% on digits (measured: 95.8% after these two epochs)
+        assert last["val_top1_err"] < 0.10
     assert (run / "checkpoints" / "final.pt").is_file()
     config = json.loads((run / "config.json").read_text())
     assert config["rule"] == rule and config["params"]["train"]["epochs"] == 2
@@ -59,11 +69,6 @@ def test_every_rule_trains_and_loss_falls(digits, tmp_path, rule):
     assert (max(angles) == 0) == (rule == "bp")
     grad_angles = rows[-1]["grad_alignment"]  # the rule's update against backprop's, every epoch
     assert grad_angles["fc"] < 1e-3 and (grad_angles["conv1"] > 1) == (rule != "bp")
-
-
-def test_backprop_reaches_90_percent_on_digits(digits, tmp_path):
-    last = train(digits_params(digits, epochs=6), "resnet18", "bp", 0, tmp_path / "bp")["metrics"]
-    assert last["val_top1_err"] < 0.10
 
 
 def test_evaluate_writes_metrics_and_refuses_a_mismatched_checkpoint(digits, tmp_path):
@@ -87,39 +92,38 @@ def test_nan_loss_stops_cleanly_and_keeps_last_good_checkpoint(digits, tmp_path)
     run = tmp_path / "run"
     with pytest.raises(DlwtError, match=r"loss not finite at epoch 2, between steps \d+ and \d+: lower the "
                        r"learning rate .*the last good checkpoint is kept"):
-        train(params, "resnet18", "bp", 0, run)
+        train(params, ARCH, "bp", 0, run)
     assert torch.load(run / "checkpoints" / "last.pt", weights_only=False)["epoch"] == 1
     assert len(read_metrics(run)) == 1
     assert not (run / "checkpoints" / "final.pt").exists()
 
 
-def test_changed_params_start_afresh_and_keep_the_old_checkpoint(digits, tmp_path, capsys):
-    run = tmp_path / "run"
-    first = train(digits_params(digits, epochs=1), "resnet18", "bp", 0, run)
-    second = train(digits_params(digits, epochs=1, lr=0.02), "resnet18", "bp", 0, run)
+def test_changed_params_start_afresh_and_keep_the_old_checkpoint(digits, bp_one_epoch, tmp_path, capsys):
+    run = copy_tree(bp_one_epoch, tmp_path / "run")  # train(digits_params(digits, epochs=1), ARCH, "bp", ...)
+    first = read_metrics(run)[-1]
+    second = train(digits_params(digits, epochs=1, lr=0.02), ARCH, "bp", 0, run)
     assert "setting train.lr changed" in capsys.readouterr().err
-    assert second["metrics"]["lr"] != first["metrics"]["lr"] and len(read_metrics(run)) == 1  # a new run
+    assert second["metrics"]["lr"] != first["lr"] and len(read_metrics(run)) == 1  # a new run
     assert len(list((run / "checkpoints").glob("last-stale-*.pt"))) == 1
 
 
-def test_a_finished_run_whose_outputs_were_removed_is_not_retrained(digits, tmp_path, capsys):
+def test_a_finished_run_whose_outputs_were_removed_is_not_retrained(digits, bp_one_epoch, tmp_path, capsys):
     # what snakemake --rerun-incomplete does after a kill: delete the declared outputs, run the command again
-    run = tmp_path / "run"
-    train(digits_params(digits, epochs=1), "resnet18", "bp", 0, run)
+    run = copy_tree(bp_one_epoch, tmp_path / "run")  # train(digits_params(digits, epochs=1), ARCH, "bp", ...)
     before = read_metrics(run)
     for name in ("metrics.jsonl", "config.json", "checkpoints/final.pt"):
         (run / name).unlink()
-    again = train(digits_params(digits, epochs=1), "resnet18", "bp", 0, run)
+    again = train(digits_params(digits, epochs=1), ARCH, "bp", 0, run)
     assert "is a finished run; rewrote final.pt from it" in capsys.readouterr().err
     assert read_metrics(run) == before and again["metrics"] == before[-1]  # the same numbers: nothing retrained
     final = torch.load(run / "checkpoints" / "final.pt", weights_only=True)
     assert "optimizer" not in final and final["epoch"] == 1 and (run / "config.json").is_file()
-    train(digits_params(digits, epochs=1), "resnet18", "bp", 0, run, restart=True)  # only on request
+    train(digits_params(digits, epochs=1), ARCH, "bp", 0, run, restart=True)  # only on request
     assert "--restart; moved last.pt" in capsys.readouterr().err
 
 
 def _command(params_file, out, rule="wm"):
-    return [sys.executable, "-m", "dlwt", "train", "--params", str(params_file), "--arch", "resnet18", "--rule",
+    return [sys.executable, "-m", "dlwt", "train", "--params", str(params_file), "--arch", ARCH, "--rule",
             rule, "--seed", "0", "--out", str(out)]
 
 
@@ -135,13 +139,15 @@ def _wait_for(proc, pattern):
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_sigterm_at_a_random_step_then_resume_gives_the_same_metrics(digits, tmp_path):
-    # what SLURM does at the time limit; wm: the mirror's noise generator must come back too
+def test_sigterm_at_a_random_step_then_resume_gives_the_same_metrics(digits, tmp_path, capsys):
+    # what SLURM does at the time limit; wm: the mirror's noise generator must come back too. The stopped run is
+    # a process of its own (the signal); the uninterrupted reference and the resumed run train in this one
     import random
 
-    (tmp_path / "params.yaml").write_text(json.dumps(digits_params(digits, epochs=2)))  # JSON is YAML
+    params = digits_params(digits, epochs=2)
+    (tmp_path / "params.yaml").write_text(json.dumps(params))  # JSON is YAML
     reference, run = tmp_path / "reference", tmp_path / "stopped"
-    subprocess.run(_command(tmp_path / "params.yaml", reference), check=True, capture_output=True)
+    train(params, ARCH, "wm", 0, reference)
     proc = subprocess.Popen(_command(tmp_path / "params.yaml", run), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     _wait_for(proc, f"epoch {random.choice([1, 2])}/2: 5/22")  # a progress line: training is under way
@@ -152,8 +158,9 @@ def test_sigterm_at_a_random_step_then_resume_gives_the_same_metrics(digits, tmp
     assert "stopped by SIGTERM at a mid-epoch checkpoint" in err and "rerun the same command" in err
     ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert ckpt["step"] > 0 and not (run / "checkpoints" / "final.pt").exists()
-    resumed = subprocess.run(_command(tmp_path / "params.yaml", run), check=True, capture_output=True, text=True)
-    assert f"resuming {run} at epoch {ckpt['epoch'] + 1}, step {ckpt['step']}" in resumed.stderr
+    capsys.readouterr()
+    train(params, ARCH, "wm", 0, run)  # `dlwt train` with the same command line, resumed
+    assert f"resuming {run} at epoch {ckpt['epoch'] + 1}, step {ckpt['step']}" in capsys.readouterr().err
     timing = {"images_per_s", "train_seconds", "val_seconds", "seconds"}
     strip = [{k: v for k, v in r.items() if k not in timing} for r in read_metrics(run)]
     expect = [{k: v for k, v in r.items() if k not in timing} for r in read_metrics(reference)]
@@ -170,23 +177,22 @@ def test_progressive_resizing_resumes_at_the_right_resolution(digits, tmp_path):
     run = tmp_path / "run"
     stopper = threading.Timer(3.0, os.kill, (os.getpid(), signal.SIGTERM))  # a preemption mid-run
     stopper.start()
-    first = train(params, "resnet18", "bp", 0, run)
+    first = train(params, ARCH, "bp", 0, run)
     stopper.cancel()
     assert first["status"] == "stopped" or first["status"] == "finished"
-    train(params, "resnet18", "bp", 0, run)
+    train(params, ARCH, "bp", 0, run)
     assert [r["res"] for r in read_metrics(run)] == [8, 16, 16]  # epoch 1 at min_res, the ramp, then res
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_one_writer_per_run_folder(digits, tmp_path):
+def test_one_writer_per_run_folder(digits, tmp_path, cli):
     (tmp_path / "params.yaml").write_text(json.dumps(digits_params(digits, epochs=2)))
     first = subprocess.Popen(_command(tmp_path / "params.yaml", tmp_path / "run", "bp"), stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True)
     try:
         _wait_for(first, "epoch 1/2: 5/22")
-        second = subprocess.run(_command(tmp_path / "params.yaml", tmp_path / "run", "bp"), capture_output=True,
-                                text=True, timeout=120)
+        second = cli(*_command(tmp_path / "params.yaml", tmp_path / "run", "bp")[3:])  # in this process
     finally:
         first.kill()
         first.wait()
@@ -202,7 +208,7 @@ def test_train_gpus_2_runs_ddp_under_torchrun(digits, tmp_path):
     (tmp_path / "params.yaml").write_text(json.dumps(digits_params(digits, epochs=1, gpus=2)))
     run = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "dlwt", "train", "--params", str(tmp_path / "params.yaml"),
-                           "--arch", "resnet18", "--rule", "kp", "--seed", "0", "--out", str(run)],
+                           "--arch", ARCH, "--rule", "kp", "--seed", "0", "--out", str(run)],
                           capture_output=True, text=True, timeout=280)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "2 DDP ranks on this node" in proc.stderr  # dlwt's launcher (torchrun's signal handling lost saves)
@@ -218,7 +224,7 @@ def test_nan_under_ddp_stops_every_rank(digits, tmp_path):
     (tmp_path / "params.yaml").write_text(json.dumps(params))
     run = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "dlwt", "train", "--params", str(tmp_path / "params.yaml"),
-                           "--arch", "resnet18", "--rule", "bp", "--seed", "0", "--out", str(run)],
+                           "--arch", ARCH, "--rule", "bp", "--seed", "0", "--out", str(run)],
                           capture_output=True, text=True, timeout=280)  # a hang would time out here
     assert proc.returncode != 0
     assert "at epoch 2, between steps" in proc.stderr and "lower the learning rate" in proc.stderr

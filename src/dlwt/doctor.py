@@ -211,7 +211,8 @@ def run(params: dict, steps: int = 5) -> dict:
     return report
 
 
-def print_report(report: dict, out=sys.stdout) -> None:
+def print_report(report: dict, out=None) -> None:
+    out = out or sys.stdout  # looked up at call time: a redirected or captured stdout gets the report
     for name, ok, detail in report["checks"]:
         print(f"{'ok  ' if ok else 'FAIL'} {name}: {detail}", file=out)
     if "steps" not in report:
