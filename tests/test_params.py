@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dlwt import dag, dvc_yaml
+from dlwt import dag
 from dlwt.data.config import DATA_DEFAULTS, resolve
 from dlwt.params import ParamsError, complete, load, schema
 
