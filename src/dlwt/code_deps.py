@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import gc
 import hashlib
 from pathlib import Path
 
@@ -65,7 +66,17 @@ def _tree(name: str) -> ast.Module:
     path = _module_file(name)
     if path is None:
         raise DlwtError(f"code_deps: no module {name} in {PACKAGE_DIR}")
-    return ast.parse(path.read_text(), str(path))
+    source = path.read_text()
+    # CPython 3.11 counts recursion while it builds the AST's objects; a garbage collection in the middle that
+    # runs finalizers (FFCV's numba-compiled loaders print from theirs) leaves the count off and ast.parse raises
+    # "SystemError: AST constructor recursion depth mismatch" (seen in the test suite): no collection meanwhile
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return ast.parse(source, str(path))
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _lazy_targets(package: str) -> set[str]:
