@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 # torch's import (seconds) for it
 
 DEVICES = ("auto", "cuda", "cpu")
-_HELD = []  # lock files this process holds for its whole life (and across the torchrun exec)
+_HELD = []  # lock files this process holds for its whole life (its DDP ranks inherit them)
 COUNT_TIMEOUT_S = 120
 
 
@@ -117,7 +117,7 @@ def claim_gpus(n: int) -> list[int] | None:
     Concurrent jobs on one multi-GPU machine (`snakemake --resources gpu=8`) each get their own set: a GPU is
     taken by holding an flock on <tmp>/dlwt-gpus-<uid>/gpu<i>.lock, released when the process ends. Where the
     environment already chose (CUDA_VISIBLE_DEVICES set: SLURM, docker --gpus '"device=1"', a user) nothing is
-    claimed and None is returned. Call before CUDA starts (before the torchrun relaunch).
+    claimed and None is returned. Call before CUDA starts (before the DDP ranks are launched).
 
     Jobs see each other's claims only through the same lock folder: containers with a private /tmp must be
     given one DLWT_GPU_LOCKS (a folder of the user's, bind-mounted into each), and two users on one machine
@@ -137,7 +137,7 @@ def claim_gpus(n: int) -> list[int] | None:
         except BlockingIOError:
             os.close(fd)
             continue
-        os.set_inheritable(fd, True)  # kept across os.execv (the torchrun relaunch): the claim lasts the job
+        os.set_inheritable(fd, True)  # inherited by the DDP ranks: the claim lasts the job
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         got.append((i, fd))
