@@ -1,6 +1,6 @@
 """The Dockerfile's (and dlwt.def's) contract: hadolint-clean; a builder stage with scripts/install.sh's apt
-packages compiles FFCV, and the runtime stage has no -dev package, no compiler and no dev tools (pytest, ruff,
-hadolint); the same pins; non-root; snakemake by default; the environment on PATH (Apptainer skips ENTRYPOINT and
+packages compiles FFCV, and the runtime stage has no -dev package but libc6-dev, no C++ compiler and no dev tools
+(pytest, ruff, hadolint), only the C compiler Triton needs for train.compile; the same pins; non-root; snakemake by default; the environment on PATH (Apptainer skips ENTRYPOINT and
 .bashrc) with the checkout's src first; a build context that keeps every tracked file (provenance marks results
 "+dirty" otherwise). No Docker engine or Apptainer is needed.
 
@@ -24,6 +24,8 @@ DEF = ROOT / "dlwt.def"
 # the runtime stage's apt packages: what FFCV's compiled extension links (ldd: libturbojpeg.so.0,
 # libopencv_core.so.406, libopencv_imgproc.so.406) and git (provenance records the SHA)
 RUNTIME_APT = {"libturbojpeg0", "libopencv-core406", "libopencv-imgproc406", "git", "dataset-fashion-mnist"}
+# ...and what Triton compiles its CUDA launcher with at first use (train.compile: true): gcc and libc's headers
+TRITON_APT = {"gcc", "libc6-dev"}
 # hadolint rules the Dockerfile may silence inline, each with its reason there (DL3008: apt version pins).
 ALLOWED_IGNORES = {"DL3008"}
 
@@ -139,7 +141,7 @@ def test_two_stages_the_builder_with_install_shs_packages_the_runtime_lean():
     builder, runtime = stages()
     assert builder[0][1].endswith(" AS builder") and runtime[0][1].split()[0] == builder[0][1].split()[0]
     assert apt_packages(run_commands(0)) == install_sh_packages()
-    assert apt_packages(run_commands(1)) == RUNTIME_APT
+    assert apt_packages(run_commands(1)) == RUNTIME_APT | TRITON_APT
     for argv in run_commands():
         if argv[:2] == ["apt-get", "install"]:
             assert "--no-install-recommends" in argv and "-y" in argv
@@ -150,7 +152,7 @@ def test_two_stages_the_builder_with_install_shs_packages_the_runtime_lean():
 
 def test_dlwt_def_is_the_same_recipe():
     builder, final = def_stages()
-    assert apt_packages(builder) == install_sh_packages() and apt_packages(final) == RUNTIME_APT
+    assert apt_packages(builder) == install_sh_packages() and apt_packages(final) == RUNTIME_APT | TRITON_APT
     text = DEF.read_text()
     assert "%files from builder\n    /opt/venv /opt/venv" in text
     assert "export PYTHONPATH=src" in text and env_vars()["PYTHONPATH"] == "src"

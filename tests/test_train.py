@@ -148,8 +148,10 @@ def test_sigterm_at_a_random_step_then_resume_gives_the_same_metrics(digits, tmp
     (tmp_path / "params.yaml").write_text(json.dumps(params))  # JSON is YAML
     reference, run = tmp_path / "reference", tmp_path / "stopped"
     train(params, ARCH, "wm", 0, reference)
+    # float sums depend on the thread count: the stopped process gets this one's (another test may have set it)
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     proc = subprocess.Popen(_command(tmp_path / "params.yaml", run), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, env=env)
     _wait_for(proc, f"epoch {random.choice([1, 2])}/2: 5/22")  # a progress line: training is under way
     time.sleep(random.uniform(0, 2))
     proc.send_signal(signal.SIGTERM)

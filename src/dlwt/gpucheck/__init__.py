@@ -44,7 +44,7 @@ PARTS = (
     ("pipeline", "pipeline", 180, 300),
     ("compile", "compile", 120, 180),
     ("cost-compile", "cost", 120, 60),
-    ("claims", "claims", 480, 60),
+    ("claims", "claims", 480, 240),
 )
 DEADLINE_S = {"gpu": 480, "cpu": 900}  # the whole check: 8 minutes of a 15-minute lease on a GPU
 
