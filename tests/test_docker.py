@@ -1,7 +1,8 @@
 """The Dockerfile's (and dlwt.def's) contract: hadolint-clean; a builder stage with scripts/install.sh's apt
 packages compiles FFCV, and the runtime stage has no -dev package but libc6-dev, no C++ compiler and no dev tools
-(pytest, ruff, hadolint), only the C compiler Triton needs for train.compile; the same pins; non-root; snakemake by default; the environment on PATH (Apptainer skips ENTRYPOINT and
-.bashrc) with the checkout's src first; a build context that keeps every tracked file (provenance marks results
+(pytest, ruff, hadolint), only the C compiler Triton needs for train.compile; the same pins; non-root;
+snakemake by default; the environment on PATH (Apptainer skips ENTRYPOINT and .bashrc) with the checkout's src
+first; a build context that keeps every tracked file (provenance marks results
 "+dirty" otherwise). No Docker engine or Apptainer is needed.
 
     .venv/bin/pytest -q tests/test_docker.py
