@@ -41,9 +41,7 @@ if not pipeline_size:  # the CPU's toy size: a step in well under a second
 params["train"]["compile"] = False
 res, batch, stem = params["data"]["res"], params["data"]["batch_size"], params["model"]["stem"]
 num_classes = 1000
-dev = devices.Device.resolve(args.device, amp="bf16" if cuda else "none", channels_last=True)
-if cuda:
-    torch.backends.cudnn.benchmark = True
+dev = devices.Device.resolve(args.device, amp="bf16" if cuda else "none", channels_last=True)  # + cudnn.benchmark
 rules = args.rules.split(",")
 setups = {rule: rulecost.Setup.build(params, args.arch, rule, num_classes, dev) for rule in rules}
 g = torch.Generator().manual_seed(0)

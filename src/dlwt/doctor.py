@@ -11,6 +11,7 @@ written to results/<exp>/doctor.json (send that file with a bug report or a BENC
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -61,8 +62,8 @@ def _batch(params, dev, num_classes):
         from dlwt.data.loaders import make_loader
 
         loader = make_loader("train", d, dev.torch)
-        it = iter(loader)
-        try:
+        # closing the pass ends FFCV's epoch thread and its buffers (loaders._end_early), as fixed_batch does
+        with contextlib.closing(iter(loader)) as it:
             x, y = next(it)
             if x.device.type != dev.torch.type or x.dtype != torch.float32 or not bool(torch.isfinite(x).all()):
                 raise DlwtError(f"the FFCV loader gave {x.dtype} on {x.device}, not finite float32 on {dev.torch}")
@@ -73,12 +74,6 @@ def _batch(params, dev, num_classes):
                     break
             _sync(dev)
             rate = n / (time.perf_counter() - start) if n else None
-        finally:
-            # FFCV's EpochIterator is a thread that lives until close() (ffcv/loader/epoch_iterator.py: close
-            # sets terminate_event): breaking out of the loop alone leaves it and its batch buffers behind
-            if hasattr(it, "close"):
-                it.close()
-            del it
         return x, y, "train.beton", rate
     g = torch.Generator().manual_seed(0)
     x = torch.randn(d["batch_size"], 3, d["res"], d["res"], generator=g)

@@ -9,23 +9,16 @@ from __future__ import annotations
 
 import json
 
-from dlwt import dag, layout
-from dlwt.gpucheck.pipeline import Jobs, pipeline_params
+from dlwt import layout
+from dlwt.gpucheck.pipeline import prepare
 
 VERDICTS = ("SUPPORTED", "CONTRADICTED", "INCONCLUSIVE")
 
 
 def run(rec, profile, *, name, deadline):
-    import yaml
-
-    work = rec.out / "work" / name
-    work.mkdir(parents=True, exist_ok=True)
-    params = pipeline_params(profile, work, profile.claims, f"gpu-check-claims-{profile.name}")
-    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    jobs = Jobs(work, str(work / "params.yaml"), deadline, cpu=profile.device == "cpu")
-    by_stage: dict[str, list] = {}
-    for j in dag.jobs(params):
-        by_stage.setdefault(j.stage, []).append(j)
+    params, jobs, by_stage = prepare(rec, profile, name, profile.claims, f"gpu-check-claims-{profile.name}",
+                                     deadline)
+    work = jobs.work
     rec.data["settings"] = {"runs": len(by_stage["train"]), "epochs": params["train"]["epochs"],
                             "train_per_class": params["data"]["fashion_mnist"]["train_per_class"]}
     for stage in ("acquire", "extract", "train", "evaluate", "report"):

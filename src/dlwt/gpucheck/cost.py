@@ -45,9 +45,7 @@ def _slowest(out: Path, arch: str) -> str:
 
 def run(rec, profile, *, name, deadline):
     params = _params(profile)
-    dev = _device(profile)
-    if dev.cuda:
-        torch.backends.cudnn.benchmark = True  # as the training loop runs (fixed shapes)
+    dev = _device(profile)  # on CUDA, Device.resolve turns cudnn.benchmark on, as for training
     compiled = name == "cost-compile"
     rec.data["settings"] = {"res": profile.cost_res, "batch": profile.cost_batch, "stem": profile.cost_stem,
                             "device": str(dev.torch), "amp": str(dev.amp_dtype), "rounds": profile.cost_rounds,

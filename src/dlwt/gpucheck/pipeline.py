@@ -38,6 +38,20 @@ def pipeline_params(profile, work: Path, overlay: dict, exp: str) -> dict:
     return validate(params, "gpu-check params")
 
 
+def prepare(rec, profile, name: str, overlay: dict, exp: str, deadline: float):
+    """OUT/work/<name>/ with its params.yaml written; (params, Jobs there, {stage: [dag jobs]})."""
+    import yaml
+
+    work = rec.out / "work" / name
+    work.mkdir(parents=True, exist_ok=True)
+    params = pipeline_params(profile, work, overlay, exp)
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    by_stage: dict[str, list] = {}
+    for j in dag.jobs(params):
+        by_stage.setdefault(j.stage, []).append(j)
+    return params, Jobs(work, str(work / "params.yaml"), deadline, cpu=profile.device == "cpu"), by_stage
+
+
 def _argv(job, params_file: str) -> list[str]:
     cmd = [params_file if w == "{params}" else w for w in job.cmd]
     return [sys.executable, "-m", "dlwt", *cmd[1:]]  # the checkout's dlwt (PYTHONPATH=src), not an installed one
@@ -117,17 +131,8 @@ def _sigterm_and_resume(rec, jobs: Jobs, train_job, twin_out: Path) -> threading
 
 
 def run(rec, profile, *, name, deadline):
-    work = rec.out / "work" / name
-    work.mkdir(parents=True, exist_ok=True)
-    params = pipeline_params(profile, work, profile.pipeline, f"gpu-check-{profile.name}")
-    params_file = str(work / "params.yaml")
-    import yaml
-
-    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    jobs = Jobs(work, params_file, deadline, cpu=profile.device == "cpu")
-    by_stage: dict[str, list] = {}
-    for j in dag.jobs(params):
-        by_stage.setdefault(j.stage, []).append(j)
+    params, jobs, by_stage = prepare(rec, profile, name, profile.pipeline, f"gpu-check-{profile.name}", deadline)
+    work, params_file = jobs.work, jobs.params_file
     for stage in ("acquire", "extract"):
         if not jobs.run(by_stage[stage], rec):
             return None
