@@ -18,6 +18,7 @@ import hashlib
 import pickle
 import re
 import warnings
+import zipfile
 from pathlib import Path
 
 from dlwt.errors import DlwtError
@@ -41,10 +42,11 @@ def read(path, *, fix: str = DEFAULT_FIX):
             warnings.simplefilter("ignore", UserWarning)
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        # weights_only refused a global (a class or function the file wants built): foreign or malicious.
-        # Any other unpickling error is a file that is no pickle at all (random bytes, another format).
+        # weights_only refused a global (a class or function the file wants built): foreign or malicious,
+        # but only if the file is a torch zip or parses as a whole pickle. Random bytes whose first byte is
+        # GLOBAL's opcode ('c') also make weights_only name a "global" (~1 file in 256): not a checkpoint.
         what = re.search(r"GLOBAL ([\w.]+)", str(e))
-        if what is None and not _pickle_names_objects(path):
+        if not ((what and zipfile.is_zipfile(path)) or _pickle_names_objects(path)):
             raise DlwtError(f"{path}: not a checkpoint (neither a torch file nor a pickle of tensors); "
                             f"{fix}") from None
         raise DlwtError(f"{path}: refused to load: it names Python objects other than tensors and plain "
@@ -57,16 +59,22 @@ def read(path, *, fix: str = DEFAULT_FIX):
 
 
 def _pickle_names_objects(path) -> bool:
-    """Whether a plain (non-zip) pickle asks for a class or function to be built. pickletools only parses
-    the opcodes, it builds nothing; random bytes fail to parse and are "not a checkpoint"."""
+    """Whether the file is one whole plain (non-zip) pickle that asks for a class or function to be built.
+    pickletools only parses the opcodes, it builds nothing. Random bytes fail to parse, stop short of STOP
+    or name a "module" that is no Python name: "not a checkpoint"."""
     import pickletools
 
     try:
         with open(path, "rb") as f:
-            return any(op.name in ("GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE")
-                       for op, _, _ in pickletools.genops(f))
+            ops = [(op.name, arg) for op, arg, _ in pickletools.genops(f)]
     except Exception:  # noqa: BLE001  (not a pickle: whatever parsing error it raises)
         return False
+    if not ops or ops[-1][0] != "STOP":
+        return False
+    named = [str(arg).replace(" ", ".").split(".") for name, arg in ops if name in ("GLOBAL", "INST")]
+    if not all(part.isidentifier() for parts in named for part in parts):
+        return False
+    return any(name in ("GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE") for name, _ in ops)
 
 
 def check_sha256(path, prefix: str, *, fix: str) -> None:
