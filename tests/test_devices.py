@@ -48,20 +48,14 @@ def test_worker_counts_follow_the_affinity_mask_not_the_node():
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_training_under_a_one_cpu_mask_with_more_workers_asked(tmp_path):
-    """A train job whose cpus_per_task is below data.num_workers: FFCV's loader on the real .beton."""
-    from dlwt.data.imagenet import extract
-    from dlwt.data.stages import convert_stage
-    from dlwt.data.synthetic import write_archives
+def test_training_under_a_one_cpu_mask_with_more_workers_asked(tmp_path, ffcv_synthetic):
+    """A train job whose cpus_per_task is below data.num_workers: FFCV's loader on the real .beton (conftest's,
+    read only)."""
     from dlwt.params import deep_merge, load
 
-    raw = tmp_path / "raw" / "synthetic"
-    write_archives(str(raw), classes=3, train_per_class=4, val_per_class=2, size=48)
-    extract(str(raw), str(tmp_path), "synthetic")
-    convert_stage({"root": str(tmp_path), "dataset": "synthetic", "max_resolution": 48, "page_size": 1 << 21,
-                   "num_workers": 1, "write_mode": "raw"})
+    root, _ = ffcv_synthetic
     params = deep_merge(load(os.path.join(REPO, "params.yaml"), [os.path.join(REPO, "config/ci.yaml")]),
-                        {"data": {"root": str(tmp_path), "num_workers": 12}})
+                        {"data": {"root": str(root), "num_workers": 12}})
     (tmp_path / "p.yaml").write_text(json.dumps(params))
     code = ("import os, sys; os.sched_setaffinity(0, {0}); from dlwt.cli import main; "
             f"sys.exit(main(['train', '--params', {str(tmp_path / 'p.yaml')!r}, '--arch', 'resnet18', "

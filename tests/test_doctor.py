@@ -41,14 +41,15 @@ def test_doctor_times_every_rule_and_estimates_the_experiment(cli, tmp_path):
 
 @pytest.mark.timeout(600)
 def test_doctor_estimates_the_imagenet_experiment(cli, tmp_path):
+    # both archs, bp and the one rule with extra arithmetic (the previous test times all five on one arch)
     (tmp_path / "imagenet.yaml").write_text("data: {source: imagenet}\nmodel: {archs: [resnet18, resnet50], "
-                                            "rules: [bp, fa, ss, wm, kp], seeds: [0]}\n")
+                                            "rules: [bp, wm], seeds: [0, 1]}\n")
     proc = cli(*_args(tmp_path / "imagenet.yaml"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     e = json.loads((tmp_path / "results" / "ci" / "doctor.json").read_text())["estimate"]
-    assert e["runs"] == 10 and set(e["gpu_hours_per_arch_rule_all_seeds"]) == {
-        f"{a}-{r}" for a in ("resnet18", "resnet50") for r in ("bp", "fa", "ss", "wm", "kp")}
-    assert "whole experiment (10 runs, 1281167 train images" in proc.stdout
+    assert e["runs"] == 8 and set(e["gpu_hours_per_arch_rule_all_seeds"]) == {
+        f"{a}-{r}" for a in ("resnet18", "resnet50") for r in ("bp", "wm")}
+    assert "whole experiment (8 runs, 1281167 train images" in proc.stdout
 
 
 @pytest.mark.timeout(600)

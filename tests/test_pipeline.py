@@ -69,7 +69,7 @@ def snakemake_jobs(repo, *extra):
 def test_snakemake_plans_exactly_the_jobs_of_dlwt_dag(planned, ci):
     want = {j.name: (j.command('"$DLWT_PARAMS"'), frozenset(j.deps), frozenset(j.outs)) for j in dag.jobs(ci)}
     assert planned == want
-    assert len(want) == 3 + 2 * 4 + 1  # data stages, train + evaluate per (arch, rule, seed), report
+    assert len(want) == 3 + 2 * 2 + 1  # data stages, train + evaluate per (arch, rule, seed), report
 
 
 def test_dvc_reads_exactly_the_jobs_of_dlwt_dag(ci_repo, ci):

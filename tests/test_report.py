@@ -102,15 +102,15 @@ def test_table_numbers_bold_and_references(rep):
     md = (rep["pap"] / "table1.md").read_text()
     bp, fa, ss, wm, kp = (_row(md, r) for r in ("BP", "FA", "SS", "WM", "KP"))
     # columns: R18 top-1, R18 top-5, R50 top-1, R50 top-5
-    assert fa[0].startswith("80.00 ± 0.71 ") and fa[1].startswith("60.00 ± 0.71 ")
+    assert fa[0] == "80.00 ± 0.71 (ref. 85.25 [2])" and fa[1] == "60.00 ± 0.71"  # no reference: ours alone
     # bold = best rule without weight transport (WM on ResNet-18), never BP although BP is lower
     assert wm[0].startswith("**31.00 ± 0.71**") and wm[1].startswith("**11.00 ± 0.71**")
     assert not bp[0].startswith("**") and "**" not in ss[0] + kp[0] + fa[0]
     assert md.count("**") == 2 * 4  # one bold cell per column
-    # published references beside the value, with their numbered source; none -> "no source"
+    # published references beside the value, with their numbered source; a cell with none shows only ours
     assert "(ref. 30.24 [1], 30.39 [2])" in bp[0] and "(ref. 10.92 [1])" in bp[1]
     assert "(ref. 85.25 [2])" in fa[0] and "(ref. 34.97 [2])" in ss[0]
-    assert "(ref. no source)" in wm[0] and "(ref. no source)" in kp[2]
+    assert "(ref." not in wm[0] + kp[2] and "no source" not in md
     assert "[1] PyTorch torchvision" in md and "https://arxiv.org/abs/2108.13446" in md
     tex = (rep["pap"] / "table1.tex").read_text()
     assert r"\textbf{31.00 $\pm$ 0.71}" in tex and r"\begin{tabular}{lcccc}" in tex
@@ -120,9 +120,9 @@ def test_table_numbers_bold_and_references(rep):
 def test_missing_runs_shown_in_table_and_readme(rep):
     md = (rep["pap"] / "table1.md").read_text()
     wm, kp, ss = _row(md, "WM"), _row(md, "KP"), _row(md, "SS")
-    assert wm[2].startswith("— ") and wm[3].startswith("— ")  # ResNet-50 WM: no run at all
+    assert wm[2] == "—" and wm[3] == "—"  # ResNet-50 WM: no run at all (and no published number)
     # seed 1 was never evaluated: the one seed still counts (and is best), flagged as partial
-    assert kp[2].startswith("**25.00 (1/2 seeds)**") and ss[2].startswith("30.00 ± 0.71 ")
+    assert kp[2].startswith("**25.00 (1/2 seeds)**") and ss[2].startswith("30.00 ± 0.71")
     readme = (rep["pap"] / "README.md").read_text()
     for n in MISSING_WM + ["resnet50-kp-s1"]:
         assert f"MISSING evaluation: `{n}`" in readme
@@ -304,6 +304,18 @@ def test_references_only_beside_the_same_dataset(tmp_path):
     assert "Published references are for imagenet; this experiment uses digits" in md
 
 
+@pytest.mark.parametrize("text, msg", [
+    ("sources: {x: [1,\n", r"p\.yaml: not valid YAML \(line"),
+    ("- 1\n- 2\n", "expected a mapping with 'sources'"),
+    ("sources: [a]\nresults: []\n", "expected a mapping with 'sources'"),
+    ("sources: {}\nresults: [30.2]\n", "expected a mapping with 'sources'"),
+])
+def test_a_malformed_published_file_is_one_line(tmp_path, text, msg):
+    (tmp_path / "p.yaml").write_text(text)
+    with pytest.raises(rp.DlwtError, match=msg):
+        rp.load_published(tmp_path / "p.yaml")
+
+
 @pytest.mark.parametrize("doc, msg", [
     ({"sources": {"x": {"citation": "X"}}, "results": []}, "needs both 'citation' and 'url'"),
     ({"sources": {}, "results": [{"arch": "resnet18", "rule": "bp", "metric": "top1_err", "value": 1,
@@ -322,6 +334,9 @@ def test_bad_inputs_name_the_file(tmp_path):
         rp.load(tmp_path / "t", params)
     (tmp_path / "t" / "eval" / "resnet18-bp-s0.json").write_text(json.dumps({"arch": "resnet50"}))
     with pytest.raises(rp.DlwtError, match="arch = 'resnet50' but the file name says 'resnet18'"):
+        rp.load(tmp_path / "t", params)
+    (tmp_path / "t" / "eval" / "resnet18-bp-s0.json").write_text("[0.3, 0.1]")
+    with pytest.raises(rp.DlwtError, match=r"resnet18-bp-s0\.json: holds a JSON list, not the object"):
         rp.load(tmp_path / "t", params)
     with pytest.raises(rp.DlwtError, match=r"model\.seeds must be a list"):
         rp.report(tmp_path, tmp_path, {"exp": "t", "model": {"archs": [], "rules": []}})
@@ -347,7 +362,7 @@ def test_cli_on_an_experiment_with_no_runs(tmp_path, capsys):
                                                  "fig_final_alignment", "fig_grad_alignment_vs_epoch")
                           for e in ("pdf", "png"))
     md = (pap / "table1.md").read_text()
-    assert _row(md, "WM")[0].startswith("— (ref. no source)") and "**" not in md
+    assert _row(md, "WM")[0] == "—" and "**" not in md
     readme = (pap / "README.md").read_text()
     assert "MISSING evaluation: `resnet18-wm-s0`" in readme and "**INCONCLUSIVE**" in readme
     assert json.loads((tmp_path / "results" / "empty" / "summary.json").read_text()) == {

@@ -68,6 +68,9 @@ def read_eval(path: Path, arch: str, rule: str, seed: int) -> dict:
         ev = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise DlwtError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(ev, dict):
+        raise DlwtError(f"{path}: holds a JSON {type(ev).__name__}, not the object `dlwt evaluate` writes; "
+                        "rerun evaluate for it")
     for key, want in (("arch", arch), ("rule", rule), ("seed", seed)):
         if ev.get(key) != want:
             raise DlwtError(f"{path}: {key} = {ev.get(key)!r} but the file name says {want!r}")

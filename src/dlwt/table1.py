@@ -26,13 +26,22 @@ def load_published(path: Path | None) -> dict:
         return {"dataset": None, "sources": [], "refs": {}}
     if not path.is_file():
         raise DlwtError(f"{path}: published reference file not found (params report.published)")
-    doc = yaml.safe_load(path.read_text()) or {}
-    srcs = doc.get("sources") or {}
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        raise DlwtError(f"{path}: not valid YAML{f' (line {where.line + 1})' if where else ''}; fix it or point "
+                        "params report.published at paper/published.yaml") from None
+    srcs, results = (doc.get("sources") or {}, doc.get("results") or []) if isinstance(doc, dict) else (None, None)
+    if not isinstance(srcs, dict) or not isinstance(results, list) \
+            or not all(isinstance(e, dict) for e in results):
+        raise DlwtError(f"{path}: expected a mapping with 'sources' (key: {{citation, url}}) and 'results' (a list "
+                        "of {arch, rule, metric, value, source}), as in paper/published.yaml")
     for key, s in srcs.items():
         if not (isinstance(s, dict) and s.get("citation") and s.get("url")):
             raise DlwtError(f"{path}: source {key!r} needs both 'citation' and 'url'")
     refs = {}
-    for i, e in enumerate(doc.get("results") or []):
+    for i, e in enumerate(results):
         if e.get("source") not in srcs:
             raise DlwtError(f"{path}: results[{i}] source {e.get('source')!r} is not one of {list(srcs)}")
         if not (e.get("arch") and e.get("rule") and e.get("metric") in ("top1_err", "top5_err")
@@ -62,13 +71,9 @@ def _cell(c: dict, metric: str, bold: bool, refs: list, src_no: dict, tex: bool)
             txt += r"$^\dagger$" if tex else " †"
         if bold:
             txt = rf"\textbf{{{txt}}}" if tex else f"**{txt}**"
-    if not src_no:  # no references at all (other data than the paper's): no bracket in every cell
+    if not refs:  # nothing published for this cell: show nothing rather than "no source" in most cells
         return txt
-    if refs:
-        r = ", ".join(f"{v:.2f}" + (rf"\textsuperscript{{{src_no[s]}}}" if tex else f" [{src_no[s]}]")
-                      for v, s in refs)
-    else:
-        r = "no source"
+    r = ", ".join(f"{v:.2f}" + (rf"\textsuperscript{{{src_no[s]}}}" if tex else f" [{src_no[s]}]") for v, s in refs)
     return txt + (rf" {{\footnotesize ({r})}}" if tex else f" (ref. {r})")
 
 
