@@ -45,7 +45,7 @@ EXP, DATASET, IMAGE = config["exp"], config["data"]["dataset"], config["containe
 # Jobs read the merged params (params.yaml + every --configfile) from one file named by its content; rules'
 # commands name it only as $DLWT_PARAMS, so adding an overlay that changes nothing changes no command and
 # reruns nothing. Each rule's `params:` holds the values of the keys it reads: editing one reruns its jobs.
-os.environ["DLWT_PARAMS"] = dag.params_file(config)
+os.environ["DLWT_PARAMS"] = one_line(dag.params_file, config)  # e.g. .snakemake/dlwt is a file
 
 
 envvars:

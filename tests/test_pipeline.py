@@ -227,6 +227,18 @@ def test_snakemake_names_an_unknown_params_key_in_one_line(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+def test_snakemake_names_a_params_folder_that_is_a_file_in_one_line(tmp_path):
+    # the merged params go to .snakemake/dlwt/: a file there (a stray `touch`, a botched cleanup) is one line
+    repo = pipeline_copy(tmp_path)
+    (repo / ".snakemake").mkdir()
+    (repo / ".snakemake" / "dlwt").write_text("")
+    proc = sh([BIN / "snakemake", "-n", "--configfile", "config/ci.yaml"], repo, check=False)
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("dlwt:")]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert len(lines) == 1 and ".snakemake/dlwt/params-" in lines[0] and "is a file, not a folder" in lines[0]
+    assert (repo / ".snakemake" / "dlwt").is_file()
+
+
 def test_report_outputs_are_the_layouts(ci):
     outs = dag.job(ci, "report").outs
     assert str(layout.exp_dir("ci") / "summary.json") in outs

@@ -99,6 +99,33 @@ def test_nan_loss_stops_cleanly_and_keeps_last_good_checkpoint(digits, tmp_path)
     assert not (run / "checkpoints" / "final.pt").exists()
 
 
+def test_a_full_disk_at_a_checkpoint_is_one_line_and_the_files_stay_consistent(digits, tmp_path, monkeypatch):
+    # epoch 2's last.pt hits ENOSPC mid-write: one line naming the disk, last.pt and metrics.jsonl both still
+    # say epoch 1, no temp file left, and the same command resumes to the end
+    import errno
+
+    real_save, calls = torch.save, []
+
+    def save(obj, f, *a, **kw):
+        calls.append(obj.get("epoch"))
+        if len(calls) == 2:
+            f.write(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *a, **kw)
+
+    params, run = digits_params(digits, epochs=2), tmp_path / "run"
+    monkeypatch.setattr(torch, "save", save)
+    with pytest.raises(DlwtError, match=r"disk full writing \S*/last\.pt: free space") as e:
+        train(params, ARCH, "bp", 0, run)
+    assert "\n" not in str(e.value) and calls == [1, 2]
+    monkeypatch.undo()
+    assert [r["epoch"] for r in read_metrics(run)] == [1]
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 1
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.pt"]
+    train(params, ARCH, "bp", 0, run)
+    assert [r["epoch"] for r in read_metrics(run)] == [1, 2] and (run / "checkpoints" / "final.pt").is_file()
+
+
 def test_changed_params_start_afresh_and_keep_the_old_checkpoint(digits, bp_one_epoch, tmp_path, capsys):
     run = copy_tree(bp_one_epoch, tmp_path / "run")  # train(digits_params(digits, epochs=1), ARCH, "bp", ...)
     first = read_metrics(run)[-1]

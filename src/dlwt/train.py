@@ -345,9 +345,9 @@ def _record_epoch(job: Job, epoch: int, res: int, stats: dict, live: LiveLog) ->
         model.eval()  # BatchNorm's running statistics: the angle does not depend on the batch's size
         row["grad_alignment"] = dlwt.gradient_alignment(model, *job.probe)
     job.rows.append(row)
-    if job.rank == 0:
-        _write_metrics(job.run, job.rows)
+    if job.rank == 0:  # last.pt first: metrics.jsonl never holds a row no checkpoint backs (a full disk)
         _save(job, epoch + 1, None)
+        _write_metrics(job.run, job.rows)
         live.epoch((epoch + 1) * n, row)
         print(f"{job.name} epoch {epoch + 1}/{epochs}: train loss {row['train_loss']:.4f}, val top-1 err "
               f"{row['val_top1_err']:.4f}, top-5 err {row['val_top5_err']:.4f}, {row['images_per_s']:.0f} img/s",
