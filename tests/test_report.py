@@ -23,7 +23,7 @@ TOP1 = {"resnet18": {"bp": 0.30, "fa": 0.80, "ss": 0.35, "wm": 0.31, "kp": 0.315
         "resnet50": {"bp": 0.24, "fa": 0.75, "ss": 0.30, "wm": 0.25, "kp": 0.255}}
 ANGLE = {"bp": 0.0, "fa": 89.0, "ss": 40.0, "wm": 10.0, "kp": 5.0}
 FIGS = ["fig_error_vs_epoch", "fig_final_error", "fig_angle_vs_epoch_resnet18", "fig_angle_vs_epoch_resnet50",
-        "fig_final_alignment", "fig_grad_alignment_vs_epoch"]
+        "fig_final_alignment", "fig_grad_alignment_vs_epoch", "fig_kp_mechanism", "fig_wm_mechanism"]
 
 
 def make_params(archs=("resnet18", "resnet50"), rules=rp.figures.RULE_ORDER, seeds=(0, 1), exp="t"):
@@ -359,7 +359,8 @@ def test_cli_on_an_experiment_with_no_runs(tmp_path, capsys):
     pap = tmp_path / "paper" / "empty"
     figs = sorted(p.name for p in (pap / "figures").iterdir())
     assert figs == sorted(f"{s}.{e}" for s in ("fig_error_vs_epoch", "fig_final_error", "fig_angle_vs_epoch_resnet18",
-                                                 "fig_final_alignment", "fig_grad_alignment_vs_epoch")
+                                                 "fig_final_alignment", "fig_grad_alignment_vs_epoch",
+                                                 "fig_wm_mechanism")  # wm runs: its mechanism; no kp: none
                           for e in ("pdf", "png"))
     md = (pap / "table1.md").read_text()
     assert _row(md, "WM")[0] == "—" and "**" not in md
@@ -368,3 +369,16 @@ def test_cli_on_an_experiment_with_no_runs(tmp_path, capsys):
     assert json.loads((tmp_path / "results" / "empty" / "summary.json").read_text()) == {
         "resnet18": {"bp": {"n_seeds": 0, "n_expected": 1, "n_flagged": 0},
                      "wm": {"n_seeds": 0, "n_expected": 1, "n_flagged": 0}}}
+
+
+def test_report_notes_are_printed_under_the_title_and_a_missing_file_is_one_line(tmp_path):
+    params = make_params(archs=("resnet18",), rules=("bp",), seeds=(0,))
+    write_run(tmp_path / "results" / "t", "resnet18", "bp", 0, 0.3)
+    (tmp_path / "notes.md").write_text("How this recipe was chosen: by measurement.\n")
+    params["report"]["notes"] = str(tmp_path / "notes.md")
+    rp.report(tmp_path / "results", tmp_path / "paper", params)
+    md = (tmp_path / "paper" / "t" / "README.md").read_text()
+    assert md.index("How this recipe was chosen") < md.index("## The paper's claims")
+    params["report"]["notes"] = str(tmp_path / "gone.md")
+    with pytest.raises(rp.DlwtError, match=r"report.notes: cannot read .*gone.md .*fix the path"):
+        rp.report(tmp_path / "results", tmp_path / "paper", params)

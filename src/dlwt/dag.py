@@ -182,9 +182,9 @@ def jobs(params: dict) -> list[Job]:
                        stage_keys(params, "evaluate"), run))
     reads = [str(path) for run in layout.run_ids(params)
              for path in (layout.eval_path(exp, run), layout.Run(layout.run_dir(exp, run)).metrics)]
-    published = (params.get("report") or {}).get("published")
+    files = [(params.get("report") or {}).get(k) for k in ("published", "notes")]  # files the report reads
     upstream = [k for j in out for k in j.keys]
-    out.append(Job("report", ["dlwt", "report", "--params", "{params}"], reads + ([published] if published else []),
+    out.append(Job("report", ["dlwt", "report", "--params", "{params}"], reads + [f for f in files if f],
                    [str(f) for f in layout.report_outputs(params)],
                    list(dict.fromkeys(stage_keys(params, "report") + upstream))))
     for j in out:

@@ -64,6 +64,22 @@ class EpochState:
         return cls(device, **(d or {}))
 
 
+def lr_lambda(train_cfg: dict, steps_per_epoch: int):
+    """Per-step multiplier of the base lr: step decay at milestones, or linear warm-up then linear to 0."""
+    total = train_cfg["epochs"] * steps_per_epoch
+    warmup = int(train_cfg["warmup_epochs"] * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if train_cfg["schedule"] == "step":
+            epoch = step // steps_per_epoch
+            return train_cfg["gamma"] ** sum(epoch >= m for m in train_cfg["milestones"])
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return factor
+
+
 def train_one_epoch(model, loader, optimizer, device, *, epoch=0, scheduler=None, after_step=None,
                     amp_dtype=None, label_smoothing=0.0, state: EpochState | None = None, sync_every=50,
                     on_sync=None, stop=None) -> dict:

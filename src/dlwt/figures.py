@@ -244,6 +244,16 @@ DRAW = {"error_vs_epoch": error_curves, "final_error": final_error, "angle_vs_ep
         "final_alignment": final_alignment, "grad_alignment_vs_epoch": grad_alignment_curves}
 
 
+def _mechanism(what: str):
+    def draw(df: pd.DataFrame, params: dict):
+        from dlwt import mechanism  # imports this module: loaded when drawn
+        return getattr(mechanism, f"{what}_figure")(df, params)
+    return draw
+
+
+DRAW.update(kp_mechanism=_mechanism("kp"), wm_mechanism=_mechanism("wm"))
+
+
 def draw_all(df: pd.DataFrame, params: dict) -> dict:
     """{file stem: Figure} for every figure of the report: exactly dlwt.layout.figures(params), in its order."""
     return {stem: DRAW[what](df, params, *([arch] if arch else []))

@@ -72,7 +72,10 @@ def figures(params: dict) -> dict[str, tuple[str, str | None]]:
     per_arch = {f"fig_angle_vs_epoch_{a}": ("angle_vs_epoch", a) for a in params["model"]["archs"]}
     return {"fig_error_vs_epoch": ("error_vs_epoch", None), "fig_final_error": ("final_error", None), **per_arch,
             "fig_final_alignment": ("final_alignment", None),
-            "fig_grad_alignment_vs_epoch": ("grad_alignment_vs_epoch", None)}
+            "fig_grad_alignment_vs_epoch": ("grad_alignment_vs_epoch", None),
+            # the mechanisms behind kp's and wm's alignment against their predictions (dlwt.mechanism)
+            **({"fig_kp_mechanism": ("kp_mechanism", None)} if "kp" in params["model"]["rules"] else {}),
+            **({"fig_wm_mechanism": ("wm_mechanism", None)} if "wm" in params["model"]["rules"] else {})}
 
 
 def figure_stems(params: dict) -> list[str]:

@@ -29,133 +29,17 @@ import math
 import statistics
 from pathlib import Path
 
-import pandas as pd
 import yaml
 
 from dlwt import claims, dag, figures, layout
 from dlwt.atomic import atomic_write
 from dlwt.errors import DlwtError
 from dlwt.figures import RULE_LABELS, arch_label
+from dlwt.run_files import _is_num, curves, expected_runs, load, run_name, tidy
 from dlwt.table1 import load_published, tables  # noqa: F401  (load_published: part of this module's API)
 
 # classes per source, for the first-epoch loss check (imagefolder: read from its classes.json)
 SOURCE_CLASSES = {"digits": 10, "fashion-mnist": 10, "cifar10": 10, "cifar100": 100, "imagenet": 1000}
-COLUMNS = ["arch", "rule", "seed", "epoch", "metric", "value"]
-# wall-clock numbers differ on every rerun: they stay in metrics.jsonl and the eval files, out of the summary,
-# so a rerun of the same results rewrites the same summary files (and `git status` stays clean)
-TIMING = ("images_per_s", "seconds", "train_seconds", "val_seconds")
-
-
-run_name = layout.run_id  # <arch>-<rule>-s<seed>, spelled once (dlwt.layout)
-
-
-def expected_runs(params: dict) -> list[tuple[str, str, int]]:
-    m = params["model"]
-    return [(a, r, int(s)) for a in m["archs"] for r in m["rules"] for s in m["seeds"]]
-
-
-def _fraction(path: Path, key: str, x) -> float:
-    if isinstance(x, float) and math.isnan(x):
-        raise DlwtError(f"{path}: {key} is NaN: the run diverged; fix its recipe (lr, warm-up) and rerun "
-                        "train and evaluate for it")
-    if not isinstance(x, (int, float)) or not 0.0 <= x <= 1.0:
-        raise DlwtError(f"{path}: {key} = {x!r}, expected an error fraction in [0, 1]")
-    return float(x)
-
-
-def read_eval(path: Path, arch: str, rule: str, seed: int) -> dict:
-    try:
-        ev = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise DlwtError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(ev, dict):
-        raise DlwtError(f"{path}: holds a JSON {type(ev).__name__}, not the object `dlwt evaluate` writes; "
-                        "rerun evaluate for it")
-    for key, want in (("arch", arch), ("rule", rule), ("seed", seed)):
-        if ev.get(key) != want:
-            raise DlwtError(f"{path}: {key} = {ev.get(key)!r} but the file name says {want!r}")
-    for key in ("val_top1_err", "val_top5_err"):
-        _fraction(path, key, ev.get(key))
-    return ev
-
-
-def read_metrics(path: Path) -> list[dict]:
-    rows = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DlwtError(f"{path}: line {i}: not valid JSON ({e})") from None
-        if not isinstance(row.get("epoch"), int):
-            raise DlwtError(f"{path}: line {i}: missing integer 'epoch'")
-        if "val_top1_err" in row:
-            _fraction(path, f"line {i}: val_top1_err", row["val_top1_err"])
-        rows.append(row)
-    return rows
-
-
-def _is_num(x) -> bool:
-    """A finite number: NaN/inf (an undefined angle, a diverged loss) is left out, so it shows as missing."""
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def load(exp_dir: Path, params: dict) -> dict:
-    """Every expected run's eval dict and metrics rows (under exp_dir, results/<exp>), and the names of those
-    without one."""
-    results_dir = Path(exp_dir).parent
-    out = {"evals": {}, "metrics": {}, "missing_eval": [], "missing_metrics": []}
-    for a, r, s in expected_runs(params):
-        name = run_name(a, r, s)
-        ev = layout.eval_path(params["exp"], name, results_dir)
-        mt = layout.Run(layout.run_dir(params["exp"], name, results_dir)).metrics
-        if ev.is_file():
-            out["evals"][a, r, s] = read_eval(ev, a, r, s)
-        else:
-            out["missing_eval"].append(name)
-        if mt.is_file():
-            out["metrics"][a, r, s] = read_metrics(mt)
-        else:
-            out["missing_metrics"].append(name)
-    return out
-
-
-def tidy(runs: dict) -> pd.DataFrame:
-    """One row per (run, epoch, metric): the per-epoch log, then the final evaluation (metrics 'final_*')."""
-    rows = []
-    for (a, r, s), log in runs["metrics"].items():
-        for row in log:
-            ep = row["epoch"]
-            rows += [(a, r, s, ep, k, float(v)) for k, v in row.items()
-                     if k not in ("epoch", *TIMING) and _is_num(v)]
-            for layer, al in (row.get("alignment") or {}).items():
-                rows += [(a, r, s, ep, f"{k}/{layer}", float(v)) for k, v in al.items() if _is_num(v)]
-            # per-epoch angle(rule update, backprop gradient) on one fixed train batch, where train logs it
-            rows += [(a, r, s, ep, f"grad_angle_deg/{layer}", float(v))
-                     for layer, v in (row.get("grad_alignment") or {}).items() if _is_num(v)]
-    for (a, r, s), ev in runs["evals"].items():
-        ep = ev.get("epoch")
-        rows += [(a, r, s, ep, f"final_{k}", float(v)) for k, v in ev.items()
-                 if k not in ("seed", "epoch", *TIMING) and _is_num(v)]
-        for layer, al in (ev.get("alignment") or {}).items():
-            rows += [(a, r, s, ep, f"final_{k}/{layer}", float(v)) for k, v in al.items() if _is_num(v)]
-        for layer, v in (ev.get("gradient_alignment") or {}).items():
-            rows.append((a, r, s, ep, f"final_grad_angle_deg/{layer}", float(v)))
-    df = pd.DataFrame(rows, columns=COLUMNS)
-    return df.astype({"epoch": "Int64"})  # nullable: an eval file may lack 'epoch'
-
-
-def curves(df: pd.DataFrame, params: dict) -> pd.DataFrame:
-    """The DVC plots file: epoch, then one column '<arch>-<rule>' per run group holding the top-1 test error
-    (%) averaged over seeds, so `dvc plots show` draws one line per rule and arch."""
-    cols = [f"{a}-{r}" for a in params["model"]["archs"] for r in params["model"]["rules"]]
-    d = df[df["metric"] == "val_top1_err"]
-    if d.empty:
-        return pd.DataFrame(columns=["epoch", *cols])
-    d = d.assign(series=d["arch"] + "-" + d["rule"], value=100 * d["value"])
-    wide = d.pivot_table(index="epoch", columns="series", values="value", aggfunc="mean")
-    return wide.reindex(columns=cols).reset_index().astype({"epoch": int})
 
 
 def _mean_angle(alignment: dict | None) -> float | None:
@@ -326,12 +210,23 @@ def claims_md(vs: list[dict]) -> list[str]:
     return out
 
 
+def read_notes(path: str | None) -> list[str]:
+    """report.notes: the Markdown the README prints under its title, as lines (none without the key)."""
+    if not path:
+        return []
+    try:
+        return [Path(path).read_text(encoding="utf-8").rstrip(), ""]
+    except (OSError, UnicodeDecodeError) as e:
+        raise DlwtError(f"report.notes: cannot read {path} ({e.strerror if isinstance(e, OSError) else e}); "
+                        "fix the path in params or remove the key") from None
+
+
 def readme(params: dict, table_md: str, runs: dict, vs: list[dict], figs: list[str],
-           flagged: dict | None = None) -> str:
+           flagged: dict | None = None, notes: list[str] = ()) -> str:
     exp, flagged = params["exp"], flagged or {}
     out = [f"# Results of experiment `{exp}`", "",
            f"Generated by `dlwt report` from `results/{exp}/`: edit params and rerun the pipeline; "
-           "do not edit this file by hand.", "", "## The paper's claims, checked against these numbers", "",
+           "do not edit this file by hand.", "", *notes, "## The paper's claims, checked against these numbers", "",
            *claims_md(vs), "", "## Table 1", "", table_md, "## Every run", "", *seed_table(runs, params, flagged),
            "## Missing runs", ""]
     miss_ev, miss_mt = runs["missing_eval"], runs["missing_metrics"]
@@ -382,6 +277,7 @@ def report(results_dir: Path, paper_dir: Path, params: dict) -> dict:
     paths = layout.report_files(params, results_dir, paper_dir)
     pub = (params.get("report") or {}).get("published")  # relative to the working directory (repo root)
     published = load_published(Path(pub) if pub else None)
+    notes = read_notes(params["report"]["notes"])  # before any figure: a wrong path fails in a second
     dataset = (params.get("data") or {}).get("dataset")
     if dataset and published["dataset"] and dataset != published["dataset"]:
         # ImageNet references beside a demo/CI run on other data would invite a meaningless comparison
@@ -402,7 +298,7 @@ def report(results_dir: Path, paper_dir: Path, params: dict) -> dict:
     figs = figures.draw_all(df, params)
     for stem, fig in figs.items():
         files.update({f"{stem}.{fmt}": data for fmt, data in figures.render(fig, params["report"]["dpi"]).items()})
-    files["README.md"] = readme(params, table_md, runs, vs, list(figs), flagged)
+    files["README.md"] = readme(params, table_md, runs, vs, list(figs), flagged, notes)
     if set(files) != set(paths):  # a programming error: layout.report_files is the declaration
         raise DlwtError(f"report: wrote {sorted(set(files) ^ set(paths))} against layout.report_files")
     for what, data in files.items():

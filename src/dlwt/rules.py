@@ -265,13 +265,16 @@ def _angle_deg(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def alignment(model: nn.Module) -> dict[str, dict[str, float]]:
-    """Per Conv2d/Linear layer: angle between vec(B) and vec(W) in degrees, and |B|/|W| (bp: 0 and 1)."""
+    """Per Conv2d/Linear layer: angle between vec(B) and vec(W) in degrees, |B|/|W|, |W| and |B - W|
+    (bp: 0, 1, |W|, 0). |B - W| is what kp's weight decay shrinks (dlwt.mechanism predicts it)."""
     out = {}
     for name, m in weight_layers(model):
         w = m.weight.detach()
         b = m.feedback_weight() if isinstance(m, FEEDBACK_TYPES) else w
+        wd, bd = w.double(), b.detach().double()
         out[name] = {"angle_deg": 0.0 if b is w else _angle_deg(b, w),
-                     "norm_ratio": float(b.double().norm() / w.double().norm().clamp_min(1e-300))}
+                     "norm_ratio": float(bd.norm() / wd.norm().clamp_min(1e-300)),
+                     "w_norm": float(wd.norm()), "dist": float((bd - wd).norm())}
     return out
 
 

@@ -31,7 +31,7 @@ import torch.distributed as dist
 import dlwt
 from dlwt import checkpoint, dag, ddp, devices, layout
 from dlwt.atomic import atomic_write, remove_stale_temps, save_torch, write_json_atomic
-from dlwt.engine import EpochState, NonFiniteLoss, evaluate, fixed_batch, sgd, train_one_epoch
+from dlwt.engine import EpochState, NonFiniteLoss, evaluate, fixed_batch, lr_lambda, sgd, train_one_epoch
 from dlwt.errors import DlwtError
 from dlwt.live import LiveLog
 from dlwt.progress import Progress
@@ -39,22 +39,6 @@ from dlwt.provenance import provenance
 from dlwt.rules import after_step, noise_generator
 
 FORMAT = "dlwt-checkpoint-2"
-
-
-def lr_lambda(train_cfg: dict, steps_per_epoch: int):
-    """Per-step multiplier of the base lr: step decay at milestones, or linear warm-up then linear to 0."""
-    total = train_cfg["epochs"] * steps_per_epoch
-    warmup = int(train_cfg["warmup_epochs"] * steps_per_epoch)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if train_cfg["schedule"] == "step":
-            epoch = step // steps_per_epoch
-            return train_cfg["gamma"] ** sum(epoch >= m for m in train_cfg["milestones"])
-        return max(0.0, (total - step) / max(1, total - warmup))
-
-    return factor
 
 
 def load_checkpoint(path: Path) -> dict | None:
@@ -244,7 +228,11 @@ def _build(params, arch, rule, seed, run, rank, world, dev, ckpt, stop) -> Job:
             if rank == 0 and stop.requested():  # rank 0 decides (see train); the others are ended
                 raise _StoppedInStartUp
             dlwt.mirror_step(model, steps=1, generator=noise, **mirror)
+    # B against W before the first training step (after wm's warm-up), kept across resumes: the start that
+    # dlwt.mechanism's prediction of kp's |B - W| decays from
+    init = (ckpt.get("run_info") or {}).get("alignment_init") if ckpt is not None else dlwt.alignment(model)
     run_info = {"arch": arch, "rule": rule, "seed": seed, "lr": lr, "global_batch": global_batch,
+                "steps_per_epoch": len(train_loader), "alignment_init": init,
                 **provenance(params, world_size=world, device=dev.torch)}
     if rank == 0:
         write_json_atomic(run.config, run_info)
@@ -338,9 +326,11 @@ def _record_epoch(job: Job, epoch: int, res: int, stats: dict, live: LiveLog) ->
     ddp.sync_buffers(model)
     stats.update(evaluate(model, job.val_loader, job.dev.torch, amp_dtype=job.dev.amp_dtype))
     stats["images_per_s"] *= job.world
-    row = {"epoch": epoch + 1, "lr": job.lr * job.lr_factor(epoch * n), "res": res,
+    row = {"epoch": epoch + 1, "step": (epoch + 1) * n, "lr": job.lr * job.lr_factor(epoch * n), "res": res,
            **{k: v for k, v in stats.items() if k != "stopped"},
            "seconds": stats["train_seconds"] + stats["val_seconds"], "alignment": dlwt.alignment(model)}
+    if epoch == 0:
+        row["alignment_init"] = job.run_info["alignment_init"]
     if job.probe is not None:
         model.eval()  # BatchNorm's running statistics: the angle does not depend on the batch's size
         row["grad_alignment"] = dlwt.gradient_alignment(model, *job.probe)
