@@ -19,7 +19,7 @@ import torch.nn.functional as F
 import torchvision
 
 import dlwt
-import dlwt.rules
+import dlwt.mirror
 from common import print_ratio_table  # bench/common.py (the script's folder is on sys.path)
 from dlwt.engine import sgd, train_one_epoch
 from dlwt.params import load
@@ -75,7 +75,7 @@ batches = Batches(batches)
 
 def dlwt_epoch(rule, model, opt, sync_every=50):
     # what the rule does after each step, as the pipeline runs it (wm: mirror.steps every mirror.every steps)
-    after = dlwt.rules.after_step(model, rule, every=mcfg["every"], steps=mcfg["steps"], **mirror)
+    after = dlwt.mirror.after_step(model, rule, every=mcfg["every"], steps=mcfg["steps"], **mirror)
     train_one_epoch(model, batches, opt, device, after_step=after, amp_dtype=amp, sync_every=sync_every)
 
 

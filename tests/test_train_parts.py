@@ -9,18 +9,18 @@ import pytest
 import torch
 
 import dlwt
-from dlwt import devices, rules
+from dlwt import devices, mirror
 from dlwt.engine import fixed_batch
 from dlwt.live import LiveLog
 
 
 def test_only_wm_has_an_after_step_and_it_keeps_its_phase_on_resume(monkeypatch):
     calls = []
-    monkeypatch.setattr(rules, "mirror_step", lambda model, steps, generator=None, **kw: calls.append(steps))
+    monkeypatch.setattr(mirror, "mirror_step", lambda model, steps, generator=None, **kw: calls.append(steps))
     model = dlwt.models.build("resnet8", 10, "wm", "small")
     for rule in ("bp", "fa", "ss", "kp"):
-        assert rules.after_step(model, rule, every=1) is None  # nothing between steps: no per-step cost
-    hook = rules.after_step(model, "wm", every=3, steps=2, done=5)  # resumed after 5 steps: the 6th mirrors
+        assert mirror.after_step(model, rule, every=1) is None  # nothing between steps: no per-step cost
+    hook = mirror.after_step(model, "wm", every=3, steps=2, done=5)  # resumed after 5 steps: the 6th mirrors
     for _ in range(3):
         hook()
     assert calls == [2]  # after step 6 (not after this process's 3rd step, 8th), 2 mirror steps
@@ -42,18 +42,18 @@ def test_wm_noise_state_stays_a_cpu_generator_on_another_device(monkeypatch):
             return self
 
     model = dlwt.models.build("resnet8", 10, "wm", "small").to("meta")
-    monkeypatch.setattr(rules.torch, "Generator", DeviceGenerator)
-    monkeypatch.setattr(rules, "mirror_step", lambda model, steps, generator=None, **kw: seen.append(generator))
+    monkeypatch.setattr(mirror.torch, "Generator", DeviceGenerator)
+    monkeypatch.setattr(mirror, "mirror_step", lambda model, steps, generator=None, **kw: seen.append(generator))
     masters = [real().manual_seed(0), real().manual_seed(0)]
     for master in masters:
-        hook = rules.after_step(model, "wm", generator=master)
+        hook = mirror.after_step(model, "wm", generator=master)
         hook()
         hook()
     assert made == ["meta"] * 4 and all(g.device.type == "meta" for g in seen)
     assert [g.seed for g in seen[:2]] == [g.seed for g in seen[2:]] and seen[0].seed != seen[1].seed
     assert all(m.get_state().numel() == real().get_state().numel() for m in masters)  # loads on any device
     cpu = real().manual_seed(1)
-    assert rules.noise_generator(cpu, torch.device("cpu")) is cpu  # on the CPU: the same stream as ever
+    assert mirror.noise_generator(cpu, torch.device("cpu")) is cpu  # on the CPU: the same stream as ever
 
 
 def test_cudnn_benchmark_is_set_on_the_device_every_stage_resolves(monkeypatch):

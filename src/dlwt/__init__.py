@@ -23,7 +23,7 @@ def __getattr__(name):  # PEP 562: dlwt.convert etc. import dlwt.rules (and torc
     if name == "models":
         return importlib.import_module("dlwt.models")
     if name in __all__:
-        return getattr(importlib.import_module("dlwt.rules"), name)
+        return getattr(importlib.import_module("dlwt.mirror" if name == "mirror_step" else "dlwt.rules"), name)
     raise AttributeError(f"module 'dlwt' has no attribute {name!r}")
 
 

@@ -87,7 +87,8 @@ def kp_curves(df: pd.DataFrame, train_cfg: dict, arch: str) -> pd.DataFrame:
 def wm_predicted(arch: str, stem: str, mirror_cfg: dict) -> dict[str, float]:
     """{layer: noise angle (deg)} that the mirror's settings leave in each wm layer of arch with W fixed."""
     import dlwt
-    from dlwt.rules import FEEDBACK_TYPES, noise_angle_deg
+    from dlwt.mirror import noise_angle_deg
+    from dlwt.rules import FEEDBACK_TYPES
 
     model = dlwt.models.build(arch, 10, "wm", stem)  # a layer's fan_in does not depend on the classes
     return {name: noise_angle_deg(m, mirror_cfg["weight_decay"], mirror_cfg["batch_size"], mirror_cfg["size"])

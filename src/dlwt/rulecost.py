@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 import dlwt
-from dlwt.rules import after_step
+from dlwt.mirror import after_step
 
 MIRROR_KEYS = ("noise_std", "lr", "weight_decay", "batch_size", "size")
 

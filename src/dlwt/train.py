@@ -16,8 +16,6 @@ metadata) is written last: its presence means the run finished; a finished last.
 from __future__ import annotations
 
 import argparse
-import fcntl
-import json
 import os
 import signal
 import sys
@@ -29,42 +27,15 @@ import torch
 import torch.distributed as dist
 
 import dlwt
-from dlwt import checkpoint, dag, ddp, devices, layout
-from dlwt.atomic import atomic_write, remove_stale_temps, save_torch, write_json_atomic
+from dlwt import ddp, devices, layout, run_folder
+from dlwt.atomic import save_torch, write_json_atomic
 from dlwt.engine import EpochState, NonFiniteLoss, evaluate, fixed_batch, lr_lambda, sgd, train_one_epoch
 from dlwt.errors import DlwtError
 from dlwt.live import LiveLog
+from dlwt.mirror import after_step, noise_generator
 from dlwt.progress import Progress
 from dlwt.provenance import provenance
-from dlwt.rules import after_step, noise_generator
-
-FORMAT = "dlwt-checkpoint-2"
-
-
-def load_checkpoint(path: Path) -> dict | None:
-    """last.pt as data on the CPU (dlwt.checkpoint), or None when there is none yet."""
-    if not path.exists():
-        return None
-    ckpt = checkpoint.load(path, fix="move it away to start the run afresh")
-    if ckpt.get("format") != FORMAT:
-        raise DlwtError(f"{path}: not a {FORMAT} file (an older dlwt?); move it away to start the run afresh")
-    return ckpt
-
-
-def lock_run(run: layout.Run):
-    """Hold run.lock for the life of the process; DlwtError naming the holder when another process has it."""
-    run.out.mkdir(parents=True, exist_ok=True)
-    fd = os.open(run.lock, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-        os.close(fd)
-        raise DlwtError(f"{run.out} is being trained by another process (pid {holder}, lock {run.lock}): wait "
-                        "for it, or stop it first") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
+from dlwt.run_folder import FORMAT, load_checkpoint, lock_run
 
 
 class StopSignal:
@@ -149,9 +120,9 @@ class Job:
 
 
 def _train(params, arch, rule, seed, run, rank, world, dev, restart, stop) -> dict:
-    ckpt = _checkpoint_to_resume(params, arch, rule, seed, run, rank, restart)
+    ckpt = run_folder.checkpoint_to_resume(params, arch, rule, seed, run, rank, restart)
     if ckpt is not None and ckpt["epoch"] >= params["train"]["epochs"] and not ckpt.get("step"):
-        return _rewrite_outputs(ckpt, run, rank)
+        return run_folder.rewrite_outputs(ckpt, run, rank)
     try:
         job = _build(params, arch, rule, seed, run, rank, world, dev, ckpt, stop)
     except _StoppedInStartUp:
@@ -163,40 +134,6 @@ def _train(params, arch, rule, seed, run, rank, world, dev, restart, stop) -> di
     finally:
         live.close()
     return _end(job, stopped)
-
-
-def _checkpoint_to_resume(params, arch, rule, seed, run, rank, restart) -> dict | None:
-    """last.pt when this run resumes from it; None to start afresh (a changed setting or --restart moves it
-    aside, naming why)."""
-    if rank == 0:  # temp files of killed writers (a checkpoint is ~0.2-0.5 GB each)
-        for folder in (run.out, run.checkpoints):
-            remove_stale_temps(folder)
-    ckpt = load_checkpoint(run.last)
-    if ckpt is None:
-        return None
-    if (ckpt["arch"], ckpt["rule"], ckpt["seed"]) != (arch, rule, seed):
-        raise DlwtError(f"{run.last} is {layout.run_id(ckpt['arch'], ckpt['rule'], ckpt['seed'])}, not "
-                        f"{layout.run_id(arch, rule, seed)}: use another --out, or move it away")
-    keys = dag.changed_keys(ckpt["params"], params, rule)  # the DAG's own key set
-    if not (keys or restart):
-        return ckpt
-    if rank == 0:
-        stale = run.last.with_name(f"last-stale-{int(time.time())}.pt")
-        os.replace(run.last, stale)
-        why = f"setting {', '.join(keys)} changed" if keys else "--restart"
-        print(f"dlwt train: {why}; moved {run.last.name} to {stale.name} and starting afresh", file=sys.stderr)
-    return None
-
-
-def _rewrite_outputs(ckpt, run, rank) -> dict:
-    """A finished last.pt whose outputs a runner removed (snakemake --rerun-incomplete): no retraining."""
-    if rank == 0:
-        _write_final(ckpt, run)
-        write_json_atomic(run.config, ckpt["run_info"])
-        _write_metrics(run, ckpt["metrics"])
-        print(f"dlwt train: {run.last} is a finished run; rewrote {run.final.name} from it (--restart "
-              "retrains)", file=sys.stderr)
-    return {"status": "finished", "signal": None, "metrics": ckpt["metrics"][-1]}
 
 
 def _build(params, arch, rule, seed, run, rank, world, dev, ckpt, stop) -> Job:
@@ -258,7 +195,7 @@ def _restore(ckpt, run, rank, model, opt, sched, mirror_gen, epoch0, epoch_state
             raise DlwtError(f"{run.last}: its weight-mirror noise state is not a CPU generator's (written by an "
                             "older dlwt on a GPU): move it away to start the run afresh") from None
     if rank == 0:
-        _write_metrics(run, ckpt["metrics"])  # a runner may have deleted it
+        run_folder.write_metrics(run, ckpt["metrics"])  # a runner may have deleted it
         where = f"epoch {epoch0 + 1}, step {epoch_state['step']}" if epoch_state else f"after epoch {epoch0}"
         print(f"dlwt train: resuming {run.out} at {where}", file=sys.stderr)
 
@@ -337,7 +274,7 @@ def _record_epoch(job: Job, epoch: int, res: int, stats: dict, live: LiveLog) ->
     job.rows.append(row)
     if job.rank == 0:  # last.pt first: metrics.jsonl never holds a row no checkpoint backs (a full disk)
         _save(job, epoch + 1, None)
-        _write_metrics(job.run, job.rows)
+        run_folder.write_metrics(job.run, job.rows)
         live.epoch((epoch + 1) * n, row)
         print(f"{job.name} epoch {epoch + 1}/{epochs}: train loss {row['train_loss']:.4f}, val top-1 err "
               f"{row['val_top1_err']:.4f}, top-5 err {row['val_top5_err']:.4f}, {row['images_per_s']:.0f} img/s",
@@ -365,25 +302,11 @@ def _end(job: Job, stopped: tuple[int, str] | None) -> dict:
         # no barrier: under DDP the other ranks are still in a step, and the launcher ends them
         return {"status": "stopped", "signal": signum, "metrics": last}
     if job.rank == 0:
-        _write_final(load_checkpoint(job.run.last), job.run)
+        run_folder.write_final(load_checkpoint(job.run.last), job.run)
     if job.world > 1:
         dist.barrier()
         dist.destroy_process_group()
     return {"status": "finished", "signal": None, "metrics": last}
-
-
-def _write_metrics(run: layout.Run, rows: list) -> None:
-    atomic_write(run.metrics, "".join(json.dumps(r) + "\n" for r in rows))
-
-
-def _write_final(ckpt: dict, run: layout.Run) -> None:
-    """final.pt: what evaluation and users need (weights with B, metadata), not the optimiser's state."""
-    keep = ("format", "arch", "rule", "seed", "epoch", "model", "metrics", "params", "run_info", "stem",
-            "num_classes")
-    out = {k: ckpt[k] for k in keep}
-    # CPU tensors: a plain torch.load of a CUDA run's final.pt on a machine without a GPU must work
-    out["model"] = {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in out["model"].items()}
-    save_torch(out, run.final)
 
 
 def main(args) -> int:
