@@ -40,11 +40,11 @@ def params_for(root, batch_size, **train_cfg):
     return deep_merge(load(os.path.join(REPO, "params.yaml")), over)
 
 
-def _start(tmp_path, params, rule="bp"):
+def _start(tmp_path, params, rule="bp", **popen):
     (tmp_path / "params.yaml").write_text(json.dumps(params))  # JSON is YAML
     cmd = [sys.executable, "-m", "dlwt", "train", "--params", str(tmp_path / "params.yaml"), "--arch", "resnet8",
            "--rule", rule, "--seed", "0", "--out", str(tmp_path / "run")]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
 
 def _signal_after_first_epoch(proc, signum=signal.SIGTERM):
@@ -71,6 +71,28 @@ def test_sigterm_stops_an_epoch_shorter_than_the_sync_interval(digits, tmp_path,
     assert ckpt["epoch"] >= 1 and ckpt["step"] <= steps
     assert ckpt["epoch"] + (ckpt["step"] > 0) <= 3  # within an epoch or so of the signal, not 37 epochs later
     assert not (tmp_path / "run" / "checkpoints" / "final.pt").exists()
+
+
+@pytest.mark.timeout(300)
+def test_sigterm_to_the_whole_job_with_loader_workers_is_one_line(digits, tmp_path):
+    """SLURM's time limit and scancel signal every process of the job step, the DataLoader's workers too: a
+    worker killed by it made the run end in a traceback, without its checkpoint."""
+    params = params_for(digits, 36, epochs=40)
+    params["data"]["num_workers"] = 1
+    proc = _start(tmp_path, params, start_new_session=True)
+    first = proc.stdout.readline()
+    assert "epoch 1/" in first, first + proc.stderr.read()[-2000:]
+    children = f"/proc/{proc.pid}/task/{proc.pid}/children"
+    deadline = time.monotonic() + 60
+    while not open(children).read().split() and time.monotonic() < deadline:
+        time.sleep(0.005)  # until a loader worker is up: the signal must reach one
+    assert open(children).read().split(), "no DataLoader worker process seen"
+    time.sleep(0.2)  # past its start (torch's worker set-up); it lives for the rest of the epoch
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert len(_stop_lines(err)) == 1 and "Traceback" not in err and "killed by signal" not in err, err[-2000:]
+    assert torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["epoch"] >= 1
 
 
 class StopAt(StopSignal):

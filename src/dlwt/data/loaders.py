@@ -18,6 +18,7 @@ FFCV draws its random crops from numba's unseeded generator: its order is seeded
 
 import json
 import os
+import signal
 import sys
 
 import numpy as np
@@ -239,6 +240,16 @@ def transforms_for(split, res, crop_ratio, crop_scale=(0.08, 1.0), flip=True):
     return T.Compose([T.Resize(round(res / crop_ratio), antialias=True), T.CenterCrop(res), T.PILToTensor()])
 
 
+def _leave_stop_signals_to_the_trainer(worker_id: int) -> None:
+    """DataLoader workers ignore SIGTERM and SIGINT. SLURM's time limit and scancel signal every process of a
+    job step and Ctrl-C the whole foreground group: a worker killed by it made torch raise "DataLoader worker
+    killed by signal" in the trainer (from its SIGCHLD handler, at any point of a step), so the run ended in a
+    traceback instead of saving at the next step boundary. Workers still end: on the trainer's shutdown
+    message, or within torch's watchdog interval (5 s) once the trainer has gone (dlwt train's os._exit)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def torchvision_loader(images, split, *, batch_size, num_workers, res, crop_ratio, device, rank=0, world=1,
                        seed=0, crop_scale=(0.08, 1.0), flip=True):
     """(DataLoader, its EpochOrder, its dataset, number of images) over <images>/<split>."""
@@ -249,6 +260,7 @@ def torchvision_loader(images, split, *, batch_size, num_workers, res, crop_rati
     loader = torch.utils.data.DataLoader(
         ds, batch_size=batch_size, sampler=order, num_workers=workers(num_workers), collate_fn=_collate,
         drop_last=(split == "train"), pin_memory=torch.device(device).type == "cuda",
+        worker_init_fn=_leave_stop_signals_to_the_trainer,
         # fresh workers each epoch: they copy the dataset after set_epoch() set its epoch and resolution
         persistent_workers=False)
     return loader, order, ds, len(samples)
