@@ -246,7 +246,9 @@ def preflight(params: dict, container_method: bool = False) -> None:
         raise PipelineError(
             f"container image {image} not found (params `container`, used by --sdm apptainer): build it with "
             f"`apptainer build --fakeroot {image} dlwt.def` (README: SLURM), or run without --sdm apptainer")
-    if d["source"] != "imagenet":
+    from dlwt.data.sources import SOURCES
+
+    if not SOURCES[d["source"]].archives:  # the registry: only a source of ILSVRC archives is checked here
         return
     from dlwt.data.imagenet import ARCHIVES
 

@@ -153,7 +153,7 @@ def estimate(params, rows, train_images, val_images) -> dict:
 
 
 def run(params: dict, steps: int = 5) -> dict:
-    from dlwt.data import images_dir
+    from dlwt.data import images_dir, source
     from dlwt.data.imagefolder import read_classes
 
     t, d = params["train"], params["data"]
@@ -179,7 +179,7 @@ def run(params: dict, steps: int = 5) -> dict:
     try:
         num_classes = len(read_classes(images_dir(d["root"], d["dataset"])))
     except DlwtError:
-        num_classes = 1000 if d["source"] == "imagenet" else 10
+        num_classes = source(d["source"]).classes(d) or 10  # before extract: the registry's count (a stand-in for imagefolder)
     try:
         x, y, source, loader_rate = _batch(params, dev, num_classes)
         checks.append(("loader", True, f"{source} batch {tuple(x.shape)} on {x.device}" + (

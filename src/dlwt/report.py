@@ -38,9 +38,6 @@ from dlwt.figures import RULE_LABELS, arch_label
 from dlwt.run_files import _is_num, curves, expected_runs, load, run_name, tidy
 from dlwt.table1 import load_published, tables  # noqa: F401  (load_published: part of this module's API)
 
-# classes per source, for the first-epoch loss check (imagefolder: read from its classes.json)
-SOURCE_CLASSES = {"digits": 10, "fashion-mnist": 10, "cifar10": 10, "cifar100": 100, "imagenet": 1000}
-
 
 def _mean_angle(alignment: dict | None) -> float | None:
     vals = [al["angle_deg"] for al in (alignment or {}).values() if _is_num(al.get("angle_deg"))]
@@ -75,11 +72,12 @@ def per_seed(runs: dict) -> dict:
 
 def n_classes(params: dict) -> int | None:
     """Classes of the experiment's data: known per source, else the extracted tree's classes.json."""
+    from dlwt.data.sources import SOURCES
+
     d = params.get("data") or {}
-    if d.get("source") in SOURCE_CLASSES:
-        return SOURCE_CLASSES[d["source"]]
-    if d.get("source") == "synthetic":
-        return (d.get("synthetic") or {}).get("classes")
+    known = SOURCES[d["source"]].classes(d) if d.get("source") in SOURCES else None
+    if known is not None:
+        return known
     p = Path(d.get("root", "data")) / str(d.get("dataset", "")) / "images" / "classes.json"
     return len(json.loads(p.read_text())) if p.is_file() else None
 
