@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 import dlwt
 from dlwt.engine import lr_lambda, sgd
@@ -16,7 +17,10 @@ def test_kp_distance_decays_exactly_as_the_recursion_predicts(nesterov):
     """Whatever the data and the gradients, B - W of every kp layer shrinks by the scalar c_t of the run's
     schedule (warm-up, then linear to 0): the gradients cancel in B - W and only weight decay acts."""
     torch.manual_seed(0)
-    model = dlwt.models.build("resnet8", 10, "kp", "small").double()
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2),
+                          nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 5 * 5, 10))
+    dlwt.convert(model, "kp")
+    model = model.double()
     cfg = {"epochs": 3, "warmup_epochs": 1, "schedule": "linear", "milestones": [], "gamma": 0.1,
            "momentum": 0.9, "nesterov": nesterov, "weight_decay": 5e-2}  # large wd: a visible decay in 15 steps
     n, lr = 5, 0.2
