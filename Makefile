@@ -13,7 +13,7 @@ demo: install
 	snakemake --cores all --configfile config/demo.yaml
 	dlwt check-outputs --overlay config/demo.yaml
 
-# every claim decided on 20,000 Fashion-MNIST images, KP's included (15 runs x 1,872 steps, ~1 h on 2 cores):
+# every claim decided on 20,000 Fashion-MNIST images, KP's included (15 runs x 1,872 steps, 1-1.5 h on 2 cores):
 # results/claims/ and paper/claims/ (how its recipe was chosen: paper/claims/recipes.md)
 claims: install
 	snakemake --cores all --configfile config/claims.yaml
